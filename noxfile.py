@@ -1,0 +1,39 @@
+"""Developer tasks: ``nox -s tests``, ``nox -s lint typecheck``, ``nox -s bench``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the test suite (the README's test command runs this session)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check (with the ASYNC rules) and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on src, tests, bench and this file (trio's own inline types)."""
+    session.install("-e", ".[test]", "mypy>=1.11", "nox>=2024.4")
+    session.run("mypy", "--strict", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks; never run by the tests.  Pass ``-- --quick`` for a short run."""
+    session.install("-e", ".")
+    session.run("python", "bench/wire_bench.py", *session.posargs)

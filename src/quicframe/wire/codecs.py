@@ -1,0 +1,313 @@
+"""Body codecs: msgpack for evolving messages, fixed layouts for zero-copy frames.
+
+Codecs are built once and reused.  ``decode`` takes bytes or a ``memoryview`` of
+the received bytes and raises :class:`RemoteProtocolError` (MALFORMED_BODY) for
+anything it cannot turn into a value; ``encode`` raises
+:class:`LocalProtocolError` for a value it cannot encode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, Final, Generic, Protocol, TypeVar, cast
+
+import msgpack
+
+from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from ._frame import HEADER, HEADER_SIZE, WIRE_VERSION
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Codec(Protocol[T]):
+    """Turns values into frame bodies and back."""
+
+    def encode(self, value: T, /) -> bytes: ...
+
+    def decode(self, data: bytes | memoryview, /) -> T: ...
+
+
+def _malformed(why: str) -> RemoteProtocolError:
+    return RemoteProtocolError(why, code=ErrorCode.MALFORMED_BODY, operation="decode")
+
+
+# --------------------------------------------------------------------------------------
+# msgpack
+# --------------------------------------------------------------------------------------
+
+_SIMPLE_TYPES: Final = (int, str, bytes, float, bool, list, dict, type(None))
+
+
+def _value_check(annotation: Any) -> tuple[type, ...] | None:
+    """The isinstance() tuple a field value must pass, or None to accept anything."""
+    if annotation is Any or annotation is object:
+        return None
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        checks: list[type] = []
+        for arg in typing.get_args(annotation):
+            sub = _value_check(arg)
+            if sub is None:
+                return None
+            checks.extend(sub)
+        return tuple(checks)
+    if origin is not None:
+        annotation = origin
+    if annotation is float:
+        return (float, int)
+    if annotation is bytes:
+        return (bytes, bytearray)
+    if annotation is typing.Literal:
+        return None
+    if isinstance(annotation, type) and issubclass(annotation, _SIMPLE_TYPES):
+        return (annotation,)
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return (dict,)
+    return None
+
+
+class _DataclassSchema:
+    """What MsgpackCodec needs to know about one dataclass, computed once."""
+
+    __slots__ = ("checks", "cls", "field_names", "known", "nested", "required")
+
+    def __init__(self, cls: type[Any]) -> None:
+        self.cls = cls
+        hints = typing.get_type_hints(cls)
+        fields = [f for f in dataclasses.fields(cls) if f.init]
+        self.field_names: tuple[str, ...] = tuple(f.name for f in fields)
+        self.known: frozenset[str] = frozenset(self.field_names)
+        self.required: frozenset[str] = frozenset(
+            f.name
+            for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
+        self.checks: dict[str, tuple[type, ...]] = {}
+        self.nested: dict[str, _DataclassSchema] = {}
+        for f in fields:
+            annotation = hints.get(f.name, Any)
+            check = _value_check(annotation)
+            if check is not None:
+                self.checks[f.name] = check
+            inner = [
+                a
+                for a in (annotation, *typing.get_args(annotation))
+                if isinstance(a, type) and dataclasses.is_dataclass(a)
+            ]
+            if inner:
+                self.nested[f.name] = _DataclassSchema(inner[0])
+
+    def to_dict(self, value: Any) -> dict[str, Any]:
+        if type(value) is not self.cls and not isinstance(value, self.cls):
+            raise LocalProtocolError(
+                f"expected {self.cls.__name__}, got {type(value).__name__}",
+                code=ErrorCode.MALFORMED_BODY,
+                operation="encode",
+            )
+        out = {name: getattr(value, name) for name in self.field_names}
+        for name, schema in self.nested.items():
+            inner = out[name]
+            if inner is not None:
+                out[name] = schema.to_dict(inner)
+        return out
+
+    def from_dict(self, data: Any) -> Any:
+        if type(data) is not dict:
+            raise _malformed(f"{self.cls.__name__} must be a map, not {type(data).__name__}")
+        if not self.known.issuperset(data):
+            # Schema evolution: fields this version does not know are ignored.
+            data = {k: v for k, v in data.items() if k in self.known}
+        missing = self.required.difference(data)
+        if missing:
+            raise _malformed(f"{self.cls.__name__} lacks required fields {sorted(missing)}")
+        for name, check in self.checks.items():
+            if name in data and not isinstance(data[name], check):
+                raise _malformed(
+                    f"{self.cls.__name__}.{name}: {type(data[name]).__name__} is not allowed"
+                )
+        for name, schema in self.nested.items():
+            inner = data.get(name)
+            if inner is not None:
+                data[name] = schema.from_dict(inner)
+        try:
+            return self.cls(**data)
+        except Exception as exc:  # a __post_init__ that rejects the values
+            raise _malformed(f"{self.cls.__name__}: {exc}") from None
+
+
+class MsgpackCodec(Generic[T]):
+    """msgpack bodies, for dataclass messages or plain values.
+
+    With a dataclass type, a value travels as a map of field name to value.
+    Decoding ignores fields it does not know and fills missing optional fields with
+    their defaults (schema evolution); a missing required field or a value of the
+    wrong kind is MALFORMED_BODY.  Without a type, any msgpack value passes.
+    """
+
+    __slots__ = ("_packer", "_schema", "type")
+
+    def __init__(self, type: type[T] | None = None) -> None:  # noqa: A002
+        if type is not None and not dataclasses.is_dataclass(type):
+            raise TypeError(f"MsgpackCodec needs a dataclass type, not {type!r}")
+        self.type = type
+        self._schema = None if type is None else _DataclassSchema(type)
+        # A reused Packer avoids building one per call, as msgpack.packb does.
+        self._packer = msgpack.Packer(autoreset=True, use_bin_type=True)
+
+    def encode(self, value: T, /) -> bytes:
+        schema = self._schema
+        try:
+            if schema is None:
+                return cast("bytes", self._packer.pack(value))
+            return cast("bytes", self._packer.pack(schema.to_dict(value)))
+        except LocalProtocolError:
+            raise
+        except Exception as exc:
+            self._packer.reset()
+            raise LocalProtocolError(
+                f"cannot encode {type(value).__name__} as msgpack: {exc}",
+                code=ErrorCode.MALFORMED_BODY,
+                operation="encode",
+            ) from None
+
+    def decode(self, data: bytes | memoryview, /) -> T:
+        try:
+            value = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        except Exception as exc:
+            raise _malformed(f"invalid msgpack body: {type(exc).__name__}: {exc}") from None
+        schema = self._schema
+        if schema is None:
+            return cast("T", value)
+        return cast("T", schema.from_dict(value))
+
+
+# --------------------------------------------------------------------------------------
+# Fixed layout
+# --------------------------------------------------------------------------------------
+
+# tuple.__new__ builds a NamedTuple from a tuple without re-checking its fields.
+_tuple_new: Final[Callable[[type[Any], tuple[Any, ...]], Any]] = tuple.__new__
+
+
+class FixedLayoutCodec(Generic[T]):
+    """A fixed-layout body, read straight out of the received bytes.
+
+    ``cls`` is a ``NamedTuple`` whose fields are, in order, the items of the
+    big-endian ``struct`` format ``layout`` (pad bytes ``x`` excepted).  Decoding
+    unpacks the fields directly from a ``memoryview`` of the received bytes: the body
+    is never copied.  A body longer than the layout is accepted and its tail
+    ignored, so a later version may append fields; a shorter one is MALFORMED_BODY.
+
+    ``frame_type`` lets the codec write whole frames (:meth:`encode_frame`,
+    :meth:`encode_frame_into`) with one ``pack`` call, and lets
+    :class:`FrameDecoder` decode runs of such frames on a fast path.
+    """
+
+    __slots__ = (
+        "_body",
+        "_frame",
+        "cls",
+        "fast_prefix",
+        "frame_size",
+        "frame_type",
+        "size",
+        "unpack_frame_from",
+    )
+
+    def __init__(self, cls: type[T], layout: str, *, frame_type: int) -> None:
+        if not layout.startswith(">"):
+            raise TypeError("a fixed layout must be big-endian: start it with '>'")
+        fields = getattr(cls, "_fields", None)
+        if not isinstance(cls, type) or not issubclass(cls, tuple) or fields is None:
+            raise TypeError(f"{cls!r} must be a NamedTuple")
+        self.cls = cls
+        self.frame_type = frame_type
+        self._body = struct.Struct(layout)
+        n_items = len(self._body.unpack(bytes(self._body.size)))
+        if n_items != len(fields):
+            raise TypeError(
+                f"{cls.__name__} has {len(fields)} fields but layout {layout!r} has {n_items}"
+            )
+        self.size: int = self._body.size
+        self.frame_size: int = HEADER_SIZE + self.size
+        # Header and body in one struct: one pack call writes a whole frame.
+        self._frame = struct.Struct(">BBHHHI" + layout[1:])
+        # Decoding from the start of a frame skips the 12 header bytes in the format.
+        self.unpack_frame_from: Callable[[bytes, int], tuple[Any, ...]] = struct.Struct(
+            f">{HEADER_SIZE}x" + layout[1:]
+        ).unpack_from
+        # The exact header of such a frame with no metadata and no flags.
+        self.fast_prefix: bytes = HEADER.pack(frame_type, 0, WIRE_VERSION, 0, 0, self.size)
+
+    def encode(self, value: T, /) -> bytes:
+        try:
+            return self._body.pack(*cast("tuple[Any, ...]", value))
+        except (struct.error, TypeError) as exc:
+            raise LocalProtocolError(
+                f"cannot encode {self.cls.__name__}: {exc}",
+                code=ErrorCode.MALFORMED_BODY,
+                frame_type=self.frame_type,
+                operation="encode",
+            ) from None
+
+    def decode(self, data: bytes | memoryview, /) -> T:
+        if len(data) < self.size:
+            raise RemoteProtocolError(
+                f"{self.cls.__name__} body is {len(data)} bytes, needs {self.size}",
+                code=ErrorCode.MALFORMED_BODY,
+                frame_type=self.frame_type,
+                operation="decode",
+            )
+        value: T = _tuple_new(self.cls, self._body.unpack_from(data))
+        return value
+
+    def decode_frame_at(self, buffer: bytes, offset: int) -> T:
+        """Decode the body of a frame whose header starts at ``offset`` (no checks:
+        the caller has matched :attr:`fast_prefix` and the length)."""
+        value: T = _tuple_new(self.cls, self.unpack_frame_from(buffer, offset))
+        return value
+
+    def encode_frame(self, value: T, /) -> bytes:
+        """Encode a whole frame (header + body, no metadata) in one pack call."""
+        try:
+            return self._frame.pack(
+                self.frame_type, 0, WIRE_VERSION, 0, 0, self.size, *cast("tuple[Any, ...]", value)
+            )
+        except (struct.error, TypeError) as exc:
+            raise LocalProtocolError(
+                f"cannot encode {self.cls.__name__}: {exc}",
+                code=ErrorCode.MALFORMED_BODY,
+                frame_type=self.frame_type,
+                operation="encode",
+            ) from None
+
+    def encode_frame_into(self, value: T, buffer: bytearray | memoryview, offset: int) -> int:
+        """Write a whole frame into a caller-supplied buffer; return the end offset."""
+        try:
+            self._frame.pack_into(
+                buffer,
+                offset,
+                self.frame_type,
+                0,
+                WIRE_VERSION,
+                0,
+                0,
+                self.size,
+                *cast("tuple[Any, ...]", value),
+            )
+        except (struct.error, TypeError) as exc:
+            raise LocalProtocolError(
+                f"cannot encode {self.cls.__name__} at offset {offset}: {exc}",
+                code=ErrorCode.MALFORMED_BODY,
+                frame_type=self.frame_type,
+                operation="encode",
+            ) from None
+        return offset + self.frame_size
+
+
+__all__ = ["Codec", "FixedLayoutCodec", "MsgpackCodec"]
