@@ -13,7 +13,7 @@ import struct
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, Final, Generic, Protocol, TypeVar, cast
+from typing import Any, Final, Generic, Protocol, TypeVar, cast, overload
 
 import msgpack
 
@@ -150,6 +150,12 @@ class MsgpackCodec(Generic[T]):
     """
 
     __slots__ = ("_packer", "_schema", "type")
+
+    @overload
+    def __init__(self: MsgpackCodec[Any], type: None = None) -> None: ...
+
+    @overload
+    def __init__(self, type: type[T]) -> None: ...
 
     def __init__(self, type: type[T] | None = None) -> None:  # noqa: A002
         if type is not None and not dataclasses.is_dataclass(type):
