@@ -7,17 +7,16 @@ import nox
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
-PYTHON = "3.11"
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite (the README's test command runs this session)."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff check (with the ASYNC rules) and ruff format --check."""
     session.install("ruff>=0.6")
@@ -25,14 +24,14 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on src, tests, bench and this file (trio's own inline types)."""
     session.install("-e", ".[test]", "mypy>=1.11", "nox>=2024.4")
     session.run("mypy", "--strict", *session.posargs)
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks; never run by the tests.  Pass ``-- --quick`` for a short run."""
     session.install("-e", ".")
