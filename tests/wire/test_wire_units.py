@@ -19,6 +19,7 @@ from quicframe.wire import (
     MARKET_TICK_CODEC,
     ErrorCode,
     FixedLayoutCodec,
+    Frame,
     FrameDecoder,
     FrameRegistry,
     FrameType,
@@ -473,3 +474,55 @@ def test_exceptions_carry_code_frame_type_and_operation() -> None:
     assert errors.StreamReset(code=ErrorCode.CANCELLED, stream_id=4).code_name == "CANCELLED"
     assert errors.TransportError(code=0x3).code_name == "FLOW_CONTROL_ERROR"
     assert errors.HandshakeTimeout().code == ErrorCode.HANDSHAKE_TIMEOUT
+
+
+@pytest.mark.parametrize("odd_at", [0, 1, 14, 15, 16, 17, 63, 64, 65, 79, 80, 81, 300, 1023])
+@pytest.mark.parametrize(
+    "oddity", ["ack", "unknown-flag", "compressed-flag", "metadata", "longer", "truncated"]
+)
+def test_drain_values_fast_path_stops_exactly_at_a_different_frame(
+    odd_at: int, oddity: str
+) -> None:
+    """Long runs take the strided fast path; whatever breaks the run must be seen."""
+    ticks = [MarketTick(i, i, i, i, i, i % 7) for i in range(1, 1101)]
+    parts = [MARKET_TICK_CODEC.encode_frame(t) for t in ticks]
+    odd = ticks[odd_at]
+    if oddity == "ack":
+        parts.insert(odd_at, encode_frame(FrameType.ORDER_ACK, bytes(72)))
+    elif oddity == "unknown-flag":  # ignored on receipt: the same tick, off the fast path
+        raw = bytearray(parts[odd_at])
+        raw[1] = 0x80
+        parts[odd_at] = bytes(raw)
+    elif oddity == "compressed-flag":  # a 48-byte body that is not zlib data
+        raw = bytearray(parts[odd_at])
+        raw[1] = 0x01
+        parts[odd_at] = bytes(raw)
+    elif oddity == "metadata":
+        parts[odd_at] = encode_frame(
+            0x10, MARKET_TICK_CODEC.encode(odd), metadata=Metadata.build(request_id="m")
+        )
+    elif oddity == "longer":
+        parts[odd_at] = encode_frame(0x10, MARKET_TICK_CODEC.encode(odd) + b"new")
+    decoder = FrameDecoder()
+    data = b"".join(parts)
+    if oddity == "truncated":
+        data = data[: odd_at * MARKET_TICK_CODEC.frame_size + 30]
+    decoder.feed(data)
+    if oddity == "compressed-flag":
+        if odd_at:  # the valid ticks before the bad frame are handed out first
+            assert decoder.drain_values(MARKET_TICK_CODEC) == ticks[:odd_at]
+        with pytest.raises(errors.RemoteProtocolError) as info:
+            decoder.drain_values(MARKET_TICK_CODEC)
+        assert info.value.code == ErrorCode.DECOMPRESSION_FAILED
+        return
+    items = decoder.drain_values(MARKET_TICK_CODEC)
+    if oddity == "truncated":
+        assert items == ticks[:odd_at]
+        assert decoder.buffered == 30
+        return
+    if oddity == "ack":
+        odd_item = items[odd_at]
+        assert isinstance(odd_item, Frame)
+        assert odd_item.type == FrameType.ORDER_ACK
+        del items[odd_at]
+    assert items == ticks

@@ -9,10 +9,11 @@ anything it cannot turn into a value; ``encode`` raises
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final, Generic, Protocol, TypeVar, cast, overload
 
 import msgpack
@@ -219,8 +220,11 @@ class FixedLayoutCodec(Generic[T]):
         "_frame",
         "cls",
         "fast_prefix",
+        "fast_prefix_bytes",
         "frame_size",
         "frame_type",
+        "iter_unpack_frames",
+        "make",
         "size",
         "unpack_frame_from",
     )
@@ -244,11 +248,17 @@ class FixedLayoutCodec(Generic[T]):
         # Header and body in one struct: one pack call writes a whole frame.
         self._frame = struct.Struct(">BBHHHI" + layout[1:])
         # Decoding from the start of a frame skips the 12 header bytes in the format.
-        self.unpack_frame_from: Callable[[bytes, int], tuple[Any, ...]] = struct.Struct(
-            f">{HEADER_SIZE}x" + layout[1:]
-        ).unpack_from
+        skip_header = struct.Struct(f">{HEADER_SIZE}x" + layout[1:])
+        self.unpack_frame_from: Callable[[bytes, int], tuple[Any, ...]] = skip_header.unpack_from
+        # For runs of frames: C-level iteration over whole frames, and a C-level
+        # constructor (no Python frame per value).
+        self.iter_unpack_frames: Callable[[memoryview], Iterator[tuple[Any, ...]]] = (
+            skip_header.iter_unpack
+        )
+        self.make: Callable[[tuple[Any, ...]], T] = functools.partial(_tuple_new, cls)
         # The exact header of such a frame with no metadata and no flags.
         self.fast_prefix: bytes = HEADER.pack(frame_type, 0, WIRE_VERSION, 0, 0, self.size)
+        self.fast_prefix_bytes: tuple[bytes, ...] = tuple(bytes([b]) for b in self.fast_prefix)
 
     def encode(self, value: T, /) -> bytes:
         try:
