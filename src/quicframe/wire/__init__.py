@@ -6,7 +6,11 @@ so it can be used to implement or test the protocol anywhere.  The format is
 specified in ``docs/PROTOCOL.md``.
 """
 
-from ._decoder import FrameDecoder as FrameDecoder
+from ._decoder import (
+    COPY_THRESHOLD as COPY_THRESHOLD,
+    FrameDecoder as FrameDecoder,
+    decode_frame as decode_frame,
+)
 from ._errors import (
     APPLICATION_MAX as APPLICATION_MAX,
     APPLICATION_MIN as APPLICATION_MIN,

@@ -4,8 +4,9 @@ Feed it what a stream delivers (``feed``), then take frames (``next_frame``) unt
 it returns ``None``.  It never holds more than one partial frame (at most
 ``max_frame_size`` plus the 12-byte header) beyond the chunk it was last fed, and
 it checks a header's lengths against the limit before it waits for, or keeps, the
-bytes the header announces.  Complete frames are handed out as zero-copy
-``memoryview`` slices of the bytes received.
+bytes the header announces.  Bodies of complete frames are zero-copy ``memoryview``
+slices of the bytes received (small ones are copied, see ``COPY_THRESHOLD``), and
+runs of fixed-layout frames are decoded straight from the received bytes.
 
 Anything malformed raises :class:`RemoteProtocolError` with the code to close the
 stream with; the decoder then stays failed and raises the same error again.
@@ -14,7 +15,7 @@ stream with; the decoder then stays failed and raises the same error again.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, TypeVar
 
 from ._errors import ErrorCode, RemoteProtocolError
@@ -33,9 +34,16 @@ from .codecs import FixedLayoutCodec
 T = TypeVar("T")
 
 _unpack_header: Final = HEADER.unpack_from
+_tuple_new: Final[Callable[[type[Any], tuple[Any, ...]], Any]] = tuple.__new__
 
 
 _SHORT_RUN: Final = 15
+
+COPY_THRESHOLD: Final = 512
+"""Bodies up to this size are handed out as ``bytes`` copies, larger ones as zero-copy
+``memoryview`` slices.  Copying a small body costs less than making a view of it,
+and a small body kept by the application then does not pin the whole received chunk
+in memory."""
 
 
 def _run_end(buf: bytes, pos: int, count: int, size: int, prefix: tuple[bytes, ...]) -> int:
@@ -66,6 +74,125 @@ def _run_end(buf: bytes, pos: int, count: int, size: int, prefix: tuple[bytes, .
     return pos
 
 
+def _header_error(frame_type: int, version: int, total: int, limit: int) -> RemoteProtocolError:
+    if frame_type == 0:
+        message, code = "frame type 0x00 is not valid", ErrorCode.MALFORMED_HEADER
+    elif total - HEADER_SIZE > limit:
+        message = f"frame announces {total - HEADER_SIZE} bytes, the limit is {limit}"
+        code = ErrorCode.FRAME_TOO_LARGE
+    else:
+        message = f"frame format version {version} is not supported"
+        code = ErrorCode.UNSUPPORTED_FRAME_VERSION
+    return RemoteProtocolError(message, code=code, frame_type=frame_type, operation="decode")
+
+
+def _inflate(body: memoryview | bytes, limit: int, frame_type: int) -> bytes:
+    """Decompress a COMPRESSED body, never producing more than ``limit`` bytes."""
+    inflater = zlib.decompressobj()
+    try:
+        # Ask for one byte more than allowed: getting it proves a bomb, and memory
+        # never exceeds the limit.
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        message = f"compressed body is not valid zlib data: {exc}"
+        code = ErrorCode.DECOMPRESSION_FAILED
+    else:
+        if len(out) <= limit and inflater.eof and not inflater.unused_data:
+            return out
+        if len(out) > limit:
+            message = f"compressed body inflates beyond the {limit}-byte limit"
+            code = ErrorCode.FRAME_TOO_LARGE
+        else:
+            message = "compressed body is truncated or has trailing bytes"
+            code = ErrorCode.DECOMPRESSION_FAILED
+    raise RemoteProtocolError(message, code=code, frame_type=frame_type, operation="decode")
+
+
+def _frame_from(
+    buf: bytes,
+    pos: int,
+    end: int,
+    frame_type: int,
+    flags: int,
+    version: int,
+    opcode: int,
+    meta_len: int,
+    body_len: int,
+    limit: int,
+) -> Frame:
+    """Build the Frame whose validated header starts at ``pos`` and which ends at ``end``."""
+    if meta_len:
+        start = pos + HEADER_SIZE
+        try:
+            metadata = Metadata.decode_untrusted(buf[start : start + meta_len])
+        except RemoteProtocolError as exc:
+            exc.frame_type = frame_type
+            raise
+    else:
+        metadata = EMPTY_METADATA
+    body: memoryview | bytes
+    if body_len > COPY_THRESHOLD:
+        body = memoryview(buf)[end - body_len : end]
+    else:
+        body = buf[end - body_len : end]
+    if flags & FLAG_COMPRESSED:
+        body = _inflate(body, limit - meta_len, frame_type)
+    # tuple.__new__ skips the Python-level __new__ that NamedTuple generates.
+    frame: Frame = _tuple_new(Frame, (frame_type, flags, version, opcode, metadata, body))
+    return frame
+
+
+def decode_frame(
+    data: bytes | bytearray | memoryview, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+) -> Frame:
+    """Decode exactly one complete frame: a DATAGRAM, or a call stream read to its FIN.
+
+    ``max_frame_size`` is the caller's negotiated limit.
+
+    Raises:
+        RemoteProtocolError: as :meth:`FrameDecoder.next_frame`, and PROTOCOL_ERROR
+            when ``data`` is not exactly one frame (truncated, or with bytes after it).
+    """
+    if type(data) is not bytes:
+        data = bytes(data)
+    size = len(data)
+    if size < HEADER_SIZE:
+        raise RemoteProtocolError(
+            f"{size} bytes cannot hold a frame header",
+            code=ErrorCode.PROTOCOL_ERROR,
+            operation="decode",
+        )
+    frame_type, flags, version, opcode, meta_len, body_len = _unpack_header(data, 0)
+    total = HEADER_SIZE + meta_len + body_len
+    if frame_type == 0 or version != WIRE_VERSION or total - HEADER_SIZE > max_frame_size:
+        raise _header_error(frame_type, version, total, max_frame_size)
+    if total != size:
+        raise RemoteProtocolError(
+            f"{size} bytes do not hold exactly one frame of {total} bytes",
+            code=ErrorCode.PROTOCOL_ERROR,
+            frame_type=frame_type,
+            operation="decode",
+        )
+    if not meta_len and not flags & FLAG_COMPRESSED and body_len <= COPY_THRESHOLD:
+        # The common small frame: no helper call, no view.
+        frame: Frame = _tuple_new(
+            Frame, (frame_type, flags, version, opcode, EMPTY_METADATA, data[HEADER_SIZE:])
+        )
+        return frame
+    return _frame_from(
+        data,
+        0,
+        total,
+        frame_type,
+        flags,
+        version,
+        opcode,
+        meta_len,
+        body_len,
+        max_frame_size,
+    )
+
+
 class FrameDecoder:
     """Incremental, bounded decoder of one byte stream of frames (sans-IO).
 
@@ -85,7 +212,6 @@ class FrameDecoder:
         "_pending",
         "_pos",
         "_versions",
-        "_view",
     )
 
     def __init__(
@@ -97,7 +223,6 @@ class FrameDecoder:
         self._max_frame_size = check_max_frame_size(max_frame_size)
         self._versions = frozenset(supported_versions)
         self._buf = b""
-        self._view = memoryview(self._buf)
         self._pos = 0
         self._chunks: list[bytes] = []
         self._pending = 0
@@ -119,12 +244,11 @@ class FrameDecoder:
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes.  A ``bytes`` object is kept without copying."""
-        if not data:
-            return
         chunk = data if type(data) is bytes else bytes(data)
-        if self._pos == len(self._buf) and not self._chunks:
+        if not chunk:
+            return
+        if self._pos == len(self._buf) and not self._pending:
             self._buf = chunk
-            self._view = memoryview(chunk)
             self._pos = 0
         else:
             self._chunks.append(chunk)
@@ -144,15 +268,16 @@ class FrameDecoder:
                 ErrorCode.PROTOCOL_ERROR,
             )
 
-    def _fail(self, message: str, code: int, frame_type: int | None = None) -> RemoteProtocolError:
-        self._error = RemoteProtocolError(
-            message, code=code, frame_type=frame_type, operation="decode"
-        )
+    def _fail(self, message: str, code: int) -> RemoteProtocolError:
+        return self._poison(RemoteProtocolError(message, code=code, operation="decode"))
+
+    def _poison(self, error: RemoteProtocolError) -> RemoteProtocolError:
+        """Fail for good: keep ``error`` to raise again, drop everything buffered."""
+        self._error = error
         # Drop what we hold: nothing more will be parsed.
         self._chunks = []
         self._pending = 0
         self._buf = b""
-        self._view = memoryview(self._buf)
         self._pos = 0
         return self._error
 
@@ -167,7 +292,6 @@ class FrameDecoder:
         if have:
             parts.insert(0, self._buf[self._pos :])
         self._buf = b"".join(parts)
-        self._view = memoryview(self._buf)
         self._pos = 0
         self._chunks = []
         self._pending = 0
@@ -182,70 +306,46 @@ class FrameDecoder:
         """
         if self._error is not None:
             raise self._error
-        if not self._fill(HEADER_SIZE):
-            return None
+        # The common case (a whole frame already in _buf) makes no method calls
+        # before the Frame is built: this runs once per RPC and per stream chunk.
+        buf = self._buf
         pos = self._pos
-        frame_type, flags, version, opcode, meta_len, body_len = _unpack_header(self._buf, pos)
-        if frame_type == 0:
-            raise self._fail("frame type 0x00 is not valid", ErrorCode.MALFORMED_HEADER)
-        if version not in self._versions:
-            raise self._fail(
-                f"frame format version {version} is not supported",
-                ErrorCode.UNSUPPORTED_FRAME_VERSION,
-                frame_type,
-            )
-        size = meta_len + body_len
-        if size > self._max_frame_size:
-            raise self._fail(
-                f"frame announces {size} bytes, the limit is {self._max_frame_size}",
-                ErrorCode.FRAME_TOO_LARGE,
-                frame_type,
-            )
-        total = HEADER_SIZE + size
-        if not self._fill(total):
-            return None
-        pos = self._pos
-        view = self._view
-        start = pos + HEADER_SIZE
-        body_start = start + meta_len
-        self._pos = pos + total
-        if meta_len:
-            try:
-                metadata = Metadata.decode_untrusted(view[start:body_start])
-            except RemoteProtocolError as exc:
-                raise self._fail(exc.message, exc.code, frame_type) from None
-        else:
-            metadata = EMPTY_METADATA
-        body: memoryview | bytes = view[body_start : pos + total]
-        if flags & FLAG_COMPRESSED:
-            body = self._decompress(body, self._max_frame_size - meta_len, frame_type)
-        return Frame(frame_type, flags, version, opcode, metadata, body)
-
-    def _decompress(self, body: memoryview | bytes, limit: int, frame_type: int) -> bytes:
-        inflater = zlib.decompressobj()
+        have = len(buf) - pos
+        if have < HEADER_SIZE:
+            if not self._fill(HEADER_SIZE):
+                return None
+            buf = self._buf
+            pos = 0
+            have = len(buf)
+        frame_type, flags, version, opcode, meta_len, body_len = _unpack_header(buf, pos)
+        total = HEADER_SIZE + meta_len + body_len
         try:
-            # Ask for one byte more than allowed: getting it proves a bomb, and
-            # memory never exceeds the limit.
-            out = inflater.decompress(body, limit + 1)
-        except zlib.error as exc:
-            raise self._fail(
-                f"compressed body is not valid zlib data: {exc}",
-                ErrorCode.DECOMPRESSION_FAILED,
+            if (
+                frame_type == 0
+                or version not in self._versions
+                or total - HEADER_SIZE > self._max_frame_size
+            ):
+                raise _header_error(frame_type, version, total, self._max_frame_size)
+            if have < total:
+                if not self._fill(total):
+                    return None
+                pos = 0
+            end = pos + total
+            self._pos = end
+            return _frame_from(
+                self._buf,
+                pos,
+                end,
                 frame_type,
-            ) from None
-        if len(out) > limit:
-            raise self._fail(
-                f"compressed body inflates beyond the {limit}-byte limit",
-                ErrorCode.FRAME_TOO_LARGE,
-                frame_type,
+                flags,
+                version,
+                opcode,
+                meta_len,
+                body_len,
+                self._max_frame_size,
             )
-        if not inflater.eof or inflater.unused_data:
-            raise self._fail(
-                "compressed body is truncated or has trailing bytes",
-                ErrorCode.DECOMPRESSION_FAILED,
-                frame_type,
-            )
-        return out
+        except RemoteProtocolError as exc:
+            raise self._poison(exc) from None
 
     def __iter__(self) -> Iterator[Frame]:
         """Yield the complete frames available now."""
@@ -278,6 +378,8 @@ class FrameDecoder:
             start = pos = self._pos
             stop = len(buf) - size
             # Short runs (mixed streams): match header by header.
+            if WIRE_VERSION not in self._versions:
+                stop = -1  # the fast header carries WIRE_VERSION: no fast path
             limit = min(stop, start + _SHORT_RUN * size)
             while pos <= limit and buf.startswith(prefix, pos):
                 pos += size
@@ -285,7 +387,7 @@ class FrameDecoder:
                 # A long run: check the rest of it a column of header bytes at a time.
                 pos = _run_end(buf, pos, (len(buf) - pos) // size, size, codec.fast_prefix_bytes)
             if pos != start:
-                out.extend(map(codec.make, codec.iter_unpack_frames(self._view[start:pos])))
+                out.extend(map(codec.make, codec.iter_unpack_frames(memoryview(buf)[start:pos])))
                 self._pos = pos
             try:
                 frame = self.next_frame()
@@ -300,4 +402,4 @@ class FrameDecoder:
                 raise
 
 
-__all__ = ["FrameDecoder"]
+__all__ = ["FrameDecoder", "decode_frame"]

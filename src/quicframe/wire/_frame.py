@@ -20,6 +20,7 @@ from ._metadata import EMPTY_METADATA, MAX_METADATA_SIZE, Metadata
 
 HEADER: Final = struct.Struct(">BBHHHI")
 HEADER_SIZE: Final = HEADER.size  # 12
+_pack_header: Final = HEADER.pack
 
 WIRE_VERSION: Final = 1
 """The frame format version written in every header."""
@@ -63,8 +64,9 @@ class FrameType(enum.IntEnum):
 class Frame(NamedTuple):
     """One decoded frame.
 
-    ``body`` is a zero-copy ``memoryview`` into the received bytes (or ``bytes``
-    for a decompressed body); it stays valid for as long as you hold it.
+    ``body`` is a zero-copy ``memoryview`` into the received bytes when it is larger
+    than ``COPY_THRESHOLD`` (512 bytes), and ``bytes`` otherwise or when it was
+    decompressed; either stays valid for as long as you hold it.
     """
 
     type: int
@@ -90,7 +92,7 @@ def check_max_frame_size(max_frame_size: int) -> int:
 
 
 def _check_fields(frame_type: int, opcode: int, flags: int) -> None:
-    if not 0 < frame_type <= 0xFF:
+    if not 0 < frame_type <= 0xFF:  # a misuse: say which field is wrong
         raise LocalProtocolError(
             f"frame type {frame_type} is not 0x01..0xff", code=ErrorCode.MALFORMED_HEADER
         )
@@ -128,16 +130,27 @@ def encode_frame(
         body = zlib.compress(body, 1)
         flags = FLAG_COMPRESSED
     meta = metadata.encode() if metadata else b""
-    _check_fields(frame_type, opcode, flags)
-    size = len(meta) + len(body)
-    if size > max_frame_size:
+    meta_len = len(meta)
+    body_len = len(body)
+    if meta_len + body_len > max_frame_size:
         raise LocalProtocolError(
-            f"frame of {size} bytes exceeds the {max_frame_size}-byte limit",
+            f"frame of {meta_len + body_len} bytes exceeds the {max_frame_size}-byte limit",
             code=ErrorCode.FRAME_TOO_LARGE,
             frame_type=frame_type,
         )
-    header = HEADER.pack(frame_type, flags, WIRE_VERSION, opcode, len(meta), len(body))
-    if meta:
+    try:
+        if not frame_type:
+            raise struct.error("frame type 0 is reserved")
+        # struct checks the ranges of type (u8) and opcode (u16) for us.
+        header = _pack_header(frame_type, flags, WIRE_VERSION, opcode, meta_len, body_len)
+    except struct.error as exc:
+        _check_fields(frame_type, opcode, flags)
+        raise LocalProtocolError(
+            f"cannot encode the header: {exc}",
+            code=ErrorCode.MALFORMED_HEADER,
+            frame_type=frame_type,
+        ) from None
+    if meta_len:
         return b"".join((header, meta, body))
     return header + body
 

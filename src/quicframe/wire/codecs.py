@@ -41,6 +41,7 @@ def _malformed(why: str) -> RemoteProtocolError:
 # msgpack
 # --------------------------------------------------------------------------------------
 
+_unpackb: Final = msgpack.unpackb
 _SIMPLE_TYPES: Final = (int, str, bytes, float, bool, list, dict, type(None))
 
 
@@ -184,9 +185,16 @@ class MsgpackCodec(Generic[T]):
 
     def decode(self, data: bytes | memoryview, /) -> T:
         try:
-            value = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            # msgpack's defaults (str as str, map keys str or bytes) are the fast
+            # call; plain values with other scalar keys take the second one.
+            value = _unpackb(data)
         except Exception as exc:
-            raise _malformed(f"invalid msgpack body: {type(exc).__name__}: {exc}") from None
+            if self._schema is not None:
+                raise _malformed(f"invalid msgpack body: {type(exc).__name__}: {exc}") from None
+            try:
+                value = _unpackb(data, strict_map_key=False)
+            except Exception as exc2:
+                raise _malformed(f"invalid msgpack body: {type(exc2).__name__}: {exc2}") from None
         schema = self._schema
         if schema is None:
             return cast("T", value)
