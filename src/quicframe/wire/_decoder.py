@@ -243,10 +243,14 @@ class FrameDecoder:
         return len(self._buf) - self._pos + self._pending
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Add received bytes.  A ``bytes`` object is kept without copying."""
+        """Add received bytes.  A ``bytes`` object is kept without copying.
+
+        After a protocol error the bytes are dropped (the next call to
+        :meth:`next_frame` raises the error again).
+        """
         chunk = data if type(data) is bytes else bytes(data)
-        if not chunk:
-            return
+        if not chunk or self._error is not None:
+            return  # a failed decoder keeps nothing: its stream is being closed
         if self._pos == len(self._buf) and not self._pending:
             self._buf = chunk
             self._pos = 0

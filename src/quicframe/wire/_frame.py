@@ -126,10 +126,19 @@ def encode_frame(
             exceeds ``max_frame_size`` (FRAME_TOO_LARGE).
     """
     flags = 0
+    # Identity first: Metadata.__bool__ is a Python-level call.
+    meta = b"" if metadata is EMPTY_METADATA else metadata.encode()
     if compress:
+        # The receiver limits the inflated body, so the limit applies before compressing.
+        if len(meta) + len(body) > max_frame_size:
+            raise LocalProtocolError(
+                f"frame of {len(meta) + len(body)} bytes (uncompressed) exceeds the "
+                f"{max_frame_size}-byte limit",
+                code=ErrorCode.FRAME_TOO_LARGE,
+                frame_type=frame_type,
+            )
         body = zlib.compress(body, 1)
         flags = FLAG_COMPRESSED
-    meta = metadata.encode() if metadata else b""
     meta_len = len(meta)
     body_len = len(body)
     if meta_len + body_len > max_frame_size:
@@ -171,7 +180,8 @@ def encode_frame_into(
         LocalProtocolError: as :func:`encode_frame`.
         ValueError: the buffer is too small.
     """
-    meta = metadata.encode() if metadata else b""
+    # Identity first: Metadata.__bool__ is a Python-level call.
+    meta = b"" if metadata is EMPTY_METADATA else metadata.encode()
     _check_fields(frame_type, opcode, 0)
     meta_len = len(meta)
     body_len = len(body)

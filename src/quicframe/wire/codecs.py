@@ -8,9 +8,11 @@ anything it cannot turn into a value; ``encode`` raises
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import functools
 import struct
+import threading
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -64,6 +66,8 @@ def _value_check(annotation: Any) -> tuple[type, ...] | None:
         return (float, int)
     if annotation is bytes:
         return (bytes, bytearray)
+    if annotation is tuple:
+        return (list, tuple)  # msgpack arrays decode as lists
     if annotation is typing.Literal:
         return None
     if isinstance(annotation, type) and issubclass(annotation, _SIMPLE_TYPES):
@@ -73,13 +77,90 @@ def _value_check(annotation: Any) -> tuple[type, ...] | None:
     return None
 
 
-class _DataclassSchema:
-    """What MsgpackCodec needs to know about one dataclass, computed once."""
+Converter = Callable[[Any], Any]
 
-    __slots__ = ("checks", "cls", "field_names", "known", "nested", "required")
+
+def _converters(annotation: Any) -> tuple[Converter, Converter] | None:
+    """(encode, decode) functions for a field whose values hold dataclasses, or None.
+
+    Handles a dataclass, ``X | None``, ``list[X]``, ``tuple[X, ...]`` and
+    ``dict[K, X]``, nested in any way.  Schemas are looked up when a value is
+    converted, so a dataclass may refer to itself.
+    """
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        schema = _schema_for(annotation)
+        return (lambda v: schema.to_dict(v)), (lambda v: schema.from_dict(v))
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        options = [a for a in args if a is not type(None)]
+        inner = _converters(options[0]) if len(options) == 1 else None
+        if inner is None:
+            return None
+        enc, dec = inner
+        return (lambda v: None if v is None else enc(v)), (lambda v: None if v is None else dec(v))
+    if origin in (list, collections.abc.Sequence, collections.abc.MutableSequence) and args:
+        inner = _converters(args[0])
+        if inner is None:
+            return None
+        enc, dec = inner
+        return (lambda v: [enc(x) for x in v]), (lambda v: [dec(x) for x in v])
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        inner = _converters(args[0])
+        if inner is None:
+            return None
+        enc, dec = inner
+        return (lambda v: [enc(x) for x in v]), (lambda v: tuple(dec(x) for x in v))
+    if origin in (dict, collections.abc.Mapping) and len(args) == 2:
+        inner = _converters(args[1])
+        if inner is None:
+            return None
+        enc, dec = inner
+        return (lambda v: {k: enc(x) for k, x in v.items()}), (
+            lambda v: {k: dec(x) for k, x in v.items()}
+        )
+    return None
+
+
+_schemas: dict[type[Any], _DataclassSchema] = {}
+_schemas_lock = threading.RLock()  # schemas build the schemas of their fields
+
+
+def _schema_for(cls: type[Any]) -> _DataclassSchema:
+    schema = _schemas.get(cls)
+    if schema is None:
+        with _schemas_lock:
+            schema = _schemas.get(cls) or _DataclassSchema(cls)
+    return schema
+
+
+class _DataclassSchema:
+    """What MsgpackCodec needs to know about one dataclass, computed once.
+
+    ``to_dict`` and ``from_dict`` are functions generated for the class (as
+    ``dataclasses`` generates ``__init__``): the common case, a value of exactly the
+    class and a map with exactly its fields and values of exactly the annotated
+    types, runs without loops over fields.  Anything else takes the general path,
+    which handles schema evolution, subclasses and errors.
+    """
+
+    __slots__ = (
+        "checks",
+        "cls",
+        "converters",
+        "field_names",
+        "from_dict",
+        "known",
+        "required",
+        "to_dict",
+    )
 
     def __init__(self, cls: type[Any]) -> None:
+        # Registered first, so that a field referring back to ``cls`` finds it.
+        _schemas[cls] = self
         self.cls = cls
+        self.to_dict: Callable[[Any], dict[str, Any]] = self._to_dict_general
+        self.from_dict: Callable[[Any], Any] = self._from_dict_general
         hints = typing.get_type_hints(cls)
         fields = [f for f in dataclasses.fields(cls) if f.init]
         self.field_names: tuple[str, ...] = tuple(f.name for f in fields)
@@ -90,35 +171,80 @@ class _DataclassSchema:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         )
         self.checks: dict[str, tuple[type, ...]] = {}
-        self.nested: dict[str, _DataclassSchema] = {}
+        self.converters: dict[str, tuple[Converter, Converter]] = {}
         for f in fields:
             annotation = hints.get(f.name, Any)
             check = _value_check(annotation)
             if check is not None:
                 self.checks[f.name] = check
-            inner = [
-                a
-                for a in (annotation, *typing.get_args(annotation))
-                if isinstance(a, type) and dataclasses.is_dataclass(a)
-            ]
-            if inner:
-                self.nested[f.name] = _DataclassSchema(inner[0])
+            converters = _converters(annotation)
+            if converters is not None:
+                self.converters[f.name] = converters
+        self._compile()
 
-    def to_dict(self, value: Any) -> dict[str, Any]:
-        if type(value) is not self.cls and not isinstance(value, self.cls):
+    def _compile(self) -> None:
+        # Field names are identifiers (dataclasses guarantees it), so they are safe
+        # to splice into source; every other value is passed in the namespace.
+        names = self.field_names
+        namespace: dict[str, Any] = {
+            "cls": self.cls,
+            "known": self.known,
+            "to_general": self._to_dict_general,
+            "from_general": self._from_dict_general,
+            "malformed": _malformed,
+        }
+        items = []
+        for i, name in enumerate(names):
+            if name in self.converters:
+                namespace[f"enc{i}"] = self.converters[name][0]
+                items.append(f"{name!r}: enc{i}(value.{name})")
+            else:
+                items.append(f"{name!r}: value.{name}")
+        to_src = (
+            "def to_dict(value):\n"
+            "    if type(value) is not cls:\n"
+            "        return to_general(value)\n"
+            f"    return {{{', '.join(items)}}}\n"
+        )
+        lines = [
+            "def from_dict(data):",
+            "    if type(data) is not dict or data.keys() != known:",
+            "        return from_general(data)",
+        ]
+        for i, name in enumerate(names):
+            lines.append(f"    f{i} = data[{name!r}]")
+            if name in self.checks:
+                namespace[f"t{i}"] = self.checks[name]
+                lines.append(f"    if type(f{i}) not in t{i}:")
+                lines.append("        return from_general(data)")
+            if name in self.converters:
+                namespace[f"dec{i}"] = self.converters[name][1]
+                lines.append(f"    f{i} = dec{i}(f{i})")
+        args = ", ".join(f"{name}=f{i}" for i, name in enumerate(names))
+        lines += [
+            "    try:",
+            f"        return cls({args})",
+            "    except Exception as exc:",
+            "        raise malformed(f'{cls.__name__}: {exc}') from None",
+        ]
+        exec(to_src, namespace)
+        exec("\n".join(lines) + "\n", namespace)
+        self.to_dict = namespace["to_dict"]
+        self.from_dict = namespace["from_dict"]
+
+    def _to_dict_general(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, self.cls):
             raise LocalProtocolError(
                 f"expected {self.cls.__name__}, got {type(value).__name__}",
                 code=ErrorCode.MALFORMED_BODY,
                 operation="encode",
             )
         out = {name: getattr(value, name) for name in self.field_names}
-        for name, schema in self.nested.items():
-            inner = out[name]
-            if inner is not None:
-                out[name] = schema.to_dict(inner)
+        for name, (enc, _) in self.converters.items():
+            out[name] = enc(out[name])
         return out
 
-    def from_dict(self, data: Any) -> Any:
+    def _from_dict_general(self, data: Any) -> Any:
         if type(data) is not dict:
             raise _malformed(f"{self.cls.__name__} must be a map, not {type(data).__name__}")
         if not self.known.issuperset(data):
@@ -132,10 +258,14 @@ class _DataclassSchema:
                 raise _malformed(
                     f"{self.cls.__name__}.{name}: {type(data[name]).__name__} is not allowed"
                 )
-        for name, schema in self.nested.items():
-            inner = data.get(name)
-            if inner is not None:
-                data[name] = schema.from_dict(inner)
+        for name, (_, dec) in self.converters.items():
+            if name in data:
+                try:
+                    data[name] = dec(data[name])
+                except RemoteProtocolError:
+                    raise
+                except Exception as exc:  # e.g. a list where the annotation wants a map
+                    raise _malformed(f"{self.cls.__name__}.{name}: {exc}") from None
         try:
             return self.cls(**data)
         except Exception as exc:  # a __post_init__ that rejects the values
@@ -163,7 +293,7 @@ class MsgpackCodec(Generic[T]):
         if type is not None and not dataclasses.is_dataclass(type):
             raise TypeError(f"MsgpackCodec needs a dataclass type, not {type!r}")
         self.type = type
-        self._schema = None if type is None else _DataclassSchema(type)
+        self._schema = None if type is None else _schema_for(type)
         # A reused Packer avoids building one per call, as msgpack.packb does.
         self._packer = msgpack.Packer(autoreset=True, use_bin_type=True)
 
@@ -171,8 +301,10 @@ class MsgpackCodec(Generic[T]):
         schema = self._schema
         try:
             if schema is None:
-                return cast("bytes", self._packer.pack(value))
-            return cast("bytes", self._packer.pack(schema.to_dict(value)))
+                data: bytes = self._packer.pack(value)
+            else:
+                data = self._packer.pack(schema.to_dict(value))
+            return data
         except LocalProtocolError:
             raise
         except Exception as exc:
@@ -197,8 +329,10 @@ class MsgpackCodec(Generic[T]):
                 raise _malformed(f"invalid msgpack body: {type(exc2).__name__}: {exc2}") from None
         schema = self._schema
         if schema is None:
-            return cast("T", value)
-        return cast("T", schema.from_dict(value))
+            plain: T = value
+            return plain
+        typed: T = schema.from_dict(value)
+        return typed
 
 
 # --------------------------------------------------------------------------------------
