@@ -16,7 +16,7 @@ import threading
 import types
 import typing
 from collections.abc import Callable, Iterator
-from typing import Any, Final, Generic, Protocol, TypeVar, cast, overload
+from typing import Any, Final, Generic, Protocol, TypeVar, overload
 
 import msgpack
 
@@ -360,6 +360,8 @@ class FixedLayoutCodec(Generic[T]):
     __slots__ = (
         "_body",
         "_frame",
+        "_header",
+        "_pack_frame",
         "cls",
         "fast_prefix",
         "fast_prefix_bytes",
@@ -387,8 +389,13 @@ class FixedLayoutCodec(Generic[T]):
             )
         self.size: int = self._body.size
         self.frame_size: int = HEADER_SIZE + self.size
-        # Header and body in one struct: one pack call writes a whole frame.
-        self._frame = struct.Struct(">BBHHHI" + layout[1:])
+        # Header and body in one struct: one pack call writes a whole frame, with
+        # the header fields bound in advance.
+        frame = struct.Struct(">BBHHHI" + layout[1:])
+        header = (frame_type, 0, WIRE_VERSION, 0, 0, self.size)
+        self._pack_frame: Callable[..., bytes] = functools.partial(frame.pack, *header)
+        self._frame = frame
+        self._header = header
         # Decoding from the start of a frame skips the 12 header bytes in the format.
         skip_header = struct.Struct(f">{HEADER_SIZE}x" + layout[1:])
         self.unpack_frame_from: Callable[[bytes, int], tuple[Any, ...]] = skip_header.unpack_from
@@ -402,16 +409,22 @@ class FixedLayoutCodec(Generic[T]):
         self.fast_prefix: bytes = HEADER.pack(frame_type, 0, WIRE_VERSION, 0, 0, self.size)
         self.fast_prefix_bytes: tuple[bytes, ...] = tuple(bytes([b]) for b in self.fast_prefix)
 
+    # ``*value`` below: T is a NamedTuple (checked in __init__), which mypy cannot
+    # know for an unbounded TypeVar; a cast() would cost a call per frame.
+
+    def _encode_error(self, exc: Exception, where: str = "") -> LocalProtocolError:
+        return LocalProtocolError(
+            f"cannot encode {self.cls.__name__}{where}: {exc}",
+            code=ErrorCode.MALFORMED_BODY,
+            frame_type=self.frame_type,
+            operation="encode",
+        )
+
     def encode(self, value: T, /) -> bytes:
         try:
-            return self._body.pack(*cast("tuple[Any, ...]", value))
+            return self._body.pack(*value)  # type: ignore[misc]
         except (struct.error, TypeError) as exc:
-            raise LocalProtocolError(
-                f"cannot encode {self.cls.__name__}: {exc}",
-                code=ErrorCode.MALFORMED_BODY,
-                frame_type=self.frame_type,
-                operation="encode",
-            ) from None
+            raise self._encode_error(exc) from None
 
     def decode(self, data: bytes | memoryview, /) -> T:
         if len(data) < self.size:
@@ -424,47 +437,19 @@ class FixedLayoutCodec(Generic[T]):
         value: T = _tuple_new(self.cls, self._body.unpack_from(data))
         return value
 
-    def decode_frame_at(self, buffer: bytes, offset: int) -> T:
-        """Decode the body of a frame whose header starts at ``offset`` (no checks:
-        the caller has matched :attr:`fast_prefix` and the length)."""
-        value: T = _tuple_new(self.cls, self.unpack_frame_from(buffer, offset))
-        return value
-
     def encode_frame(self, value: T, /) -> bytes:
         """Encode a whole frame (header + body, no metadata) in one pack call."""
         try:
-            return self._frame.pack(
-                self.frame_type, 0, WIRE_VERSION, 0, 0, self.size, *cast("tuple[Any, ...]", value)
-            )
+            return self._pack_frame(*value)  # type: ignore[misc]
         except (struct.error, TypeError) as exc:
-            raise LocalProtocolError(
-                f"cannot encode {self.cls.__name__}: {exc}",
-                code=ErrorCode.MALFORMED_BODY,
-                frame_type=self.frame_type,
-                operation="encode",
-            ) from None
+            raise self._encode_error(exc) from None
 
     def encode_frame_into(self, value: T, buffer: bytearray | memoryview, offset: int) -> int:
         """Write a whole frame into a caller-supplied buffer; return the end offset."""
         try:
-            self._frame.pack_into(
-                buffer,
-                offset,
-                self.frame_type,
-                0,
-                WIRE_VERSION,
-                0,
-                0,
-                self.size,
-                *cast("tuple[Any, ...]", value),
-            )
+            self._frame.pack_into(buffer, offset, *self._header, *value)  # type: ignore[misc]
         except (struct.error, TypeError) as exc:
-            raise LocalProtocolError(
-                f"cannot encode {self.cls.__name__} at offset {offset}: {exc}",
-                code=ErrorCode.MALFORMED_BODY,
-                frame_type=self.frame_type,
-                operation="encode",
-            ) from None
+            raise self._encode_error(exc, f" at offset {offset}") from None
         return offset + self.frame_size
 
 
