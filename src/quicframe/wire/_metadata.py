@@ -9,8 +9,9 @@ through a peer that does not know all of its keys (forward compatibility).
 from __future__ import annotations
 
 import enum
+import functools
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final, NamedTuple
 
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
@@ -26,6 +27,7 @@ _ENTRY_SIZE: Final = _ENTRY.size
 _U64: Final = struct.Struct(">Q")
 _I64: Final = struct.Struct(">q")
 _F64: Final = struct.Struct(">d")
+_U64_MAX: Final = 0xFFFF_FFFF_FFFF_FFFF
 _UINT_FORMATS: Final = {1: ">B", 2: ">H", 4: ">I", 8: ">Q"}
 _INT_FORMATS: Final = {1: ">b", 2: ">h", 4: ">i", 8: ">q"}
 
@@ -62,6 +64,17 @@ class SlaClass(enum.IntEnum):
 
 MetaValue = bytes | str | int | bool | float
 
+# Plain int constants for the TlvType codes: enum member lookups cost several
+# times more on the hot paths below.
+
+
+_BYTES: Final = 0
+_STRING: Final = 1
+_UINT: Final = 2
+_INT: Final = 3
+_BOOL: Final = 4
+_FLOAT: Final = 5
+
 
 class TlvEntry(NamedTuple):
     """One raw metadata entry; ``value`` holds the encoded value bytes."""
@@ -74,7 +87,7 @@ class TlvEntry(NamedTuple):
     def of(cls, key: int, value: MetaValue) -> TlvEntry:
         """Encode a Python value with the TLV type that fits it."""
         if isinstance(value, bool):
-            return cls(key, TlvType.BOOL, b"\x01" if value else b"\x00")
+            return _entry((key, _BOOL, b"\x01" if value else b"\x00"))
         if isinstance(value, int):
             if value >= 0:
                 if value > 0xFFFF_FFFF_FFFF_FFFF:
@@ -82,19 +95,19 @@ class TlvEntry(NamedTuple):
                         f"metadata key 0x{key:04x}: {value} does not fit in u64",
                         code=ErrorCode.MALFORMED_METADATA,
                     )
-                return cls(key, TlvType.UINT, _U64.pack(value))
+                return _entry((key, _UINT, _U64.pack(value)))
             if value < -(1 << 63):
                 raise LocalProtocolError(
                     f"metadata key 0x{key:04x}: {value} does not fit in i64",
                     code=ErrorCode.MALFORMED_METADATA,
                 )
-            return cls(key, TlvType.INT, _I64.pack(value))
+            return _entry((key, _INT, _I64.pack(value)))
         if isinstance(value, float):
-            return cls(key, TlvType.FLOAT, _F64.pack(value))
+            return _entry((key, _FLOAT, _F64.pack(value)))
         if isinstance(value, str):
-            return cls(key, TlvType.STRING, value.encode("utf-8"))
+            return _entry((key, _STRING, value.encode("utf-8")))
         if isinstance(value, (bytes, bytearray, memoryview)):
-            return cls(key, TlvType.BYTES, bytes(value))
+            return _entry((key, _BYTES, bytes(value)))
         raise LocalProtocolError(
             f"metadata key 0x{key:04x}: cannot encode a {type(value).__name__}",
             code=ErrorCode.MALFORMED_METADATA,
@@ -118,55 +131,57 @@ class TlvEntry(NamedTuple):
         return v
 
 
+# TlvEntry(...) runs the Python-level __new__ NamedTuple generates; this does not.
+_entry: Final[Callable[[tuple[int, int, bytes]], TlvEntry]] = functools.partial(
+    tuple.__new__, TlvEntry
+)
+_INT_SIZES: Final = frozenset((1, 2, 4, 8))
+
+# Well-known key -> (type, smallest and largest value length).
+_WELL_KNOWN: Final[dict[int, tuple[int, int, int]]] = {
+    0x0001: (_STRING, 1, MAX_REQUEST_ID_SIZE),  # REQUEST_ID
+    0x0002: (_UINT, 1, 8),  # DEADLINE_BUDGET_NS
+    0x0003: (_UINT, 1, 8),  # SLA_CLASS (value checked below)
+    0x0004: (_BYTES, 32, 32),  # PAYLOAD_SHA256
+    0x0005: (_STRING, 0, MAX_TRACE_CONTEXT_SIZE),  # TRACE_CONTEXT
+}
+_WELL_KNOWN_TYPES: Final[dict[int, int]] = {key: spec[0] for key, spec in _WELL_KNOWN.items()}
+
+
+def _bad_entry(key: int, why: str) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        f"metadata key 0x{key:04x}: {why}", code=ErrorCode.MALFORMED_METADATA
+    )
+
+
 def _check_entry_untrusted(key: int, type_: int, value: bytes) -> None:
     """Validate one entry that came from the peer; raise RemoteProtocolError if bad."""
-
-    def bad(why: str) -> RemoteProtocolError:
-        return RemoteProtocolError(
-            f"metadata key 0x{key:04x}: {why}", code=ErrorCode.MALFORMED_METADATA
-        )
-
     n = len(value)
     if key == 0:
-        raise bad("key 0 is reserved")
-    if type_ == TlvType.UINT or type_ == TlvType.INT:
-        if n not in _UINT_FORMATS:
-            raise bad(f"an integer must be 1, 2, 4 or 8 bytes, not {n}")
-    elif type_ == TlvType.BOOL:
-        if n != 1 or value[0] > 1:
-            raise bad("a bool must be one byte, 0 or 1")
-    elif type_ == TlvType.FLOAT:
-        if n != 8:
-            raise bad(f"a float must be 8 bytes, not {n}")
-    elif type_ == TlvType.STRING:
+        raise _bad_entry(key, "key 0 is reserved")
+    if type_ in (_UINT, _INT):
+        if n not in _INT_SIZES:
+            raise _bad_entry(key, f"an integer must be 1, 2, 4 or 8 bytes, not {n}")
+    elif type_ == _STRING:
         try:
             value.decode("utf-8")
         except UnicodeDecodeError:
-            raise bad("string is not valid UTF-8") from None
-    if key > 0xFF:
-        return
-    expected = _WELL_KNOWN_TYPES.get(key)
-    if expected is None:
-        return  # a quicframe key from a newer version: preserved, not interpreted
+            raise _bad_entry(key, "string is not valid UTF-8") from None
+    elif type_ == _BOOL:
+        if n != 1 or value[0] > 1:
+            raise _bad_entry(key, "a bool must be one byte, 0 or 1")
+    elif type_ == _FLOAT and n != 8:
+        raise _bad_entry(key, f"a float must be 8 bytes, not {n}")
+    spec = _WELL_KNOWN.get(key)
+    if spec is None:
+        return  # an application key, or a quicframe key from a newer version: kept as is
+    expected, shortest, longest = spec
     if type_ != expected:
-        raise bad(f"must have type {TlvType(expected).name}, not {type_}")
-    if key == MetaKey.REQUEST_ID and not 1 <= n <= MAX_REQUEST_ID_SIZE:
-        raise bad(f"request id must be 1..{MAX_REQUEST_ID_SIZE} bytes, not {n}")
-    if key == MetaKey.PAYLOAD_SHA256 and n != 32:
-        raise bad(f"a SHA-256 digest is 32 bytes, not {n}")
-    if key == MetaKey.TRACE_CONTEXT and n > MAX_TRACE_CONTEXT_SIZE:
-        raise bad(f"trace context is limited to {MAX_TRACE_CONTEXT_SIZE} bytes")
+        raise _bad_entry(key, f"must have type {TlvType(expected).name}, not {type_}")
+    if not shortest <= n <= longest:
+        raise _bad_entry(key, f"{MetaKey(key).name} must be {shortest}..{longest} bytes, not {n}")
     if key == MetaKey.SLA_CLASS and int.from_bytes(value, "big") > 0xFF:
-        raise bad("SLA class must be 0..255")
-
-
-_WELL_KNOWN_TYPES: Final[dict[int, int]] = {
-    MetaKey.REQUEST_ID: TlvType.STRING,
-    MetaKey.DEADLINE_BUDGET_NS: TlvType.UINT,
-    MetaKey.SLA_CLASS: TlvType.UINT,
-    MetaKey.PAYLOAD_SHA256: TlvType.BYTES,
-    MetaKey.TRACE_CONTEXT: TlvType.STRING,
-}
+        raise _bad_entry(key, "SLA class must be 0..255")
 
 
 class Metadata:
@@ -216,6 +231,7 @@ class Metadata:
     ) -> Metadata:
         """Build metadata from well-known values (in key order) plus raw ``extra`` entries."""
         entries: list[TlvEntry] = []
+        add = entries.append
         if request_id is not None:
             raw = request_id.encode("utf-8")
             if not 1 <= len(raw) <= MAX_REQUEST_ID_SIZE:
@@ -223,21 +239,22 @@ class Metadata:
                     f"request id must be 1..{MAX_REQUEST_ID_SIZE} bytes",
                     code=ErrorCode.MALFORMED_METADATA,
                 )
-            entries.append(TlvEntry(MetaKey.REQUEST_ID, TlvType.STRING, raw))
+            add(_entry((0x0001, _STRING, raw)))
         if deadline_budget_ns is not None:
-            entries.append(TlvEntry.of(MetaKey.DEADLINE_BUDGET_NS, max(0, deadline_budget_ns)))
+            budget = min(max(0, deadline_budget_ns), _U64_MAX)
+            add(_entry((0x0002, _UINT, _U64.pack(budget))))
         if sla_class is not None:
             if not 0 <= sla_class <= 0xFF:
                 raise LocalProtocolError(
                     "SLA class must be 0..255", code=ErrorCode.MALFORMED_METADATA
                 )
-            entries.append(TlvEntry.of(MetaKey.SLA_CLASS, int(sla_class)))
+            add(_entry((0x0003, _UINT, _U64.pack(sla_class))))
         if payload_sha256 is not None:
             if len(payload_sha256) != 32:
                 raise LocalProtocolError(
                     "a SHA-256 digest is 32 bytes", code=ErrorCode.MALFORMED_METADATA
                 )
-            entries.append(TlvEntry(MetaKey.PAYLOAD_SHA256, TlvType.BYTES, bytes(payload_sha256)))
+            add(_entry((0x0004, _BYTES, bytes(payload_sha256))))
         if trace_context is not None:
             raw = trace_context.encode("utf-8")
             if len(raw) > MAX_TRACE_CONTEXT_SIZE:
@@ -245,9 +262,20 @@ class Metadata:
                     f"trace context is limited to {MAX_TRACE_CONTEXT_SIZE} bytes",
                     code=ErrorCode.MALFORMED_METADATA,
                 )
-            entries.append(TlvEntry(MetaKey.TRACE_CONTEXT, TlvType.STRING, raw))
-        entries.extend(extra)
-        return cls(entries)
+            add(_entry((0x0005, _STRING, raw)))
+        if extra:
+            entries.extend(extra)
+            return cls(entries)  # validates the caller's raw entries too
+        # Every entry above was checked as it was made, and together they stay
+        # far below the 64 KiB limit: no second pass.
+        return cls._trusted(tuple(entries), None)
+
+    @classmethod
+    def _trusted(cls, entries: tuple[TlvEntry, ...], encoded: bytes | None) -> Metadata:
+        self = cls.__new__(cls)
+        self._entries = entries
+        self._encoded = encoded
+        return self
 
     @classmethod
     def decode_untrusted(cls, data: bytes | bytearray | memoryview) -> Metadata:
@@ -291,11 +319,8 @@ class Metadata:
                         code=ErrorCode.MALFORMED_METADATA,
                     )
                 seen.add(key)
-            entries.append(TlvEntry(key, type_, value))
-        self = cls.__new__(cls)
-        self._entries = tuple(entries)
-        self._encoded = raw
-        return self
+            entries.append(_entry((key, type_, value)))
+        return cls._trusted(tuple(entries), raw)
 
     def encode(self) -> bytes:
         """The wire form: the concatenated entries (empty metadata encodes to ``b""``)."""
@@ -303,7 +328,7 @@ class Metadata:
         if encoded is None:
             pack = _ENTRY.pack
             encoded = b"".join(
-                pack(key, type_, len(value)) + value for key, type_, value in self._entries
+                [pack(key, type_, len(value)) + value for key, type_, value in self._entries]
             )
             self._encoded = encoded
         return encoded

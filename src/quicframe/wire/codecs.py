@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import functools
+import inspect
 import struct
 import threading
 import types
@@ -156,8 +157,16 @@ class _DataclassSchema:
     )
 
     def __init__(self, cls: type[Any]) -> None:
-        # Registered first, so that a field referring back to ``cls`` finds it.
+        # Registered first, so that a field referring back to ``cls`` finds it;
+        # withdrawn if anything below fails, so no half-built schema stays cached.
         _schemas[cls] = self
+        try:
+            self._build(cls)
+        except BaseException:
+            _schemas.pop(cls, None)
+            raise
+
+    def _build(self, cls: type[Any]) -> None:
         self.cls = cls
         self.to_dict: Callable[[Any], dict[str, Any]] = self._to_dict_general
         self.from_dict: Callable[[Any], Any] = self._from_dict_general
@@ -208,11 +217,13 @@ class _DataclassSchema:
         )
         lines = [
             "def from_dict(data):",
-            "    if type(data) is not dict or data.keys() != known:",
+            f"    if type(data) is not dict or len(data) != {len(names)}:",
             "        return from_general(data)",
+            "    try:",
         ]
+        lines += [f"        f{i} = data[{name!r}]" for i, name in enumerate(names)]
+        lines += ["    except KeyError:", "        return from_general(data)"]
         for i, name in enumerate(names):
-            lines.append(f"    f{i} = data[{name!r}]")
             if name in self.checks:
                 namespace[f"t{i}"] = self.checks[name]
                 lines.append(f"    if type(f{i}) not in t{i}:")
@@ -220,7 +231,19 @@ class _DataclassSchema:
             if name in self.converters:
                 namespace[f"dec{i}"] = self.converters[name][1]
                 lines.append(f"    f{i} = dec{i}(f{i})")
-        args = ", ".join(f"{name}=f{i}" for i, name in enumerate(names))
+        # Positional arguments are cheaper, but only for the leading parameters of
+        # __init__ that are our fields, in __init__'s order (an InitVar or a
+        # keyword-only field ends the run); the rest are passed by name.
+        index = {name: i for i, name in enumerate(names)}
+        positional: list[str] = []
+        for parameter in inspect.signature(self.cls).parameters.values():
+            if parameter.kind is not parameter.POSITIONAL_OR_KEYWORD or parameter.name not in index:
+                break
+            positional.append(parameter.name)
+        args = ", ".join(
+            [f"f{index[name]}" for name in positional]
+            + [f"{name}=f{i}" for i, name in enumerate(names) if name not in positional]
+        )
         lines += [
             "    try:",
             f"        return cls({args})",
@@ -331,7 +354,12 @@ class MsgpackCodec(Generic[T]):
         if schema is None:
             plain: T = value
             return plain
-        typed: T = schema.from_dict(value)
+        try:
+            typed: T = schema.from_dict(value)
+        except RemoteProtocolError:
+            raise
+        except Exception as exc:  # hostile shapes: a scalar where a list is due, deep nesting
+            raise _malformed(f"{schema.cls.__name__}: {type(exc).__name__}: {exc}") from None
         return typed
 
 
