@@ -30,6 +30,7 @@ from quicframe.wire import (
     MsgpackCodec,
     TlvEntry,
     TlvType,
+    decode_frame,
     default_registry,
     encode_frame,
     encode_frame_into,
@@ -530,3 +531,36 @@ def test_drain_values_fast_path_stops_exactly_at_a_different_frame(
         assert odd_item.type == FrameType.ORDER_ACK
         del items[odd_at]
     assert items == ticks
+
+
+@dataclasses.dataclass
+class _WithKeywordOnly:
+    a: int
+    b: str = "x"
+    c: int = dataclasses.field(default=3, kw_only=True)
+
+
+def test_msgpack_typed_fast_path_keeps_schema_evolution() -> None:
+    codec = MsgpackCodec(_WithKeywordOnly)
+    value = _WithKeywordOnly(1, "y", c=5)
+    assert codec.decode(codec.encode(value)) == value
+    plain = MsgpackCodec()
+    # As many keys as fields, but one is unknown: the general path must take it.
+    assert codec.decode(plain.encode({"a": 1, "z": 2, "c": 4})) == _WithKeywordOnly(1, "x", c=4)
+    # Exactly the fields, one of the wrong type: MALFORMED_BODY, not a crash.
+    with pytest.raises(errors.RemoteProtocolError) as info:
+        codec.decode(plain.encode({"a": "1", "b": "y", "c": 4}))
+    assert info.value.code == ErrorCode.MALFORMED_BODY
+
+
+def test_decode_frame_takes_exactly_one_frame() -> None:
+    data = encode_frame(FrameType.PING, bytes(8))
+    frame = decode_frame(data)
+    assert (frame.type, bytes(frame.body)) == (FrameType.PING, bytes(8))
+    for bad in (data[:-1], data + b"\x00", data[:5]):
+        with pytest.raises(errors.RemoteProtocolError) as info:
+            decode_frame(bad)
+        assert info.value.code == ErrorCode.PROTOCOL_ERROR
+    with pytest.raises(errors.RemoteProtocolError) as info:
+        decode_frame(encode_frame(0x20, bytes(2000)), max_frame_size=1024)
+    assert info.value.code == ErrorCode.FRAME_TOO_LARGE
