@@ -5,6 +5,7 @@ codecs, errors) is sans-IO and importing it loads neither trio nor aioquic; the
 trio layers are imported only when their names are first used.
 """
 
+from ._config import ClientConfig as ClientConfig, ServerConfig as ServerConfig
 from ._version import __version__ as __version__
 from .errors import (
     ConnectionClosed as ConnectionClosed,

@@ -1,0 +1,777 @@
+"""The connection driver: one trio task that runs one sans-IO QUIC core.
+
+The driver task is the only code that feeds the core datagrams, fires its timer and
+asks it for datagrams to send.  It sleeps until one of three things happens: the
+endpoint delivered datagrams, the application queued work (stream data, a ping, a
+close...), or the core's timer (or the keepalive) is due.  Then, in one pass, it
+feeds every datagram that arrived, fires the timer, hands the core all the stream
+writes of the tick (one ``send_stream_data`` per stream), drains the core's events,
+and flushes the core's datagrams once.
+
+Re-arming the timer never cancels anything in flight: the deadline applies to the
+*wait* only (``trio.move_on_at`` around ``ParkingLot.park``), never to a send.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVarTuple, final
+
+import trio
+
+from ..errors import (
+    ConnectionClosed,
+    ErrorCode,
+    HandshakeError,
+    IdleTimeout,
+    TransportErrorCode,
+    code_name,
+    transport_code_name,
+)
+from ._core import AioquicCore, NetworkAddress, core_events, now
+from ._errors import DatagramTooLarge
+from ._stream import Stream
+
+if TYPE_CHECKING:
+    from ._endpoint import Endpoint
+
+__all__ = ["Connection", "ConnectionStatistics"]
+
+logger = logging.getLogger("quicframe.transport")
+
+_Ts = TypeVarTuple("_Ts")
+
+# Bytes a short-header packet and a DATAGRAM frame header cost at most: flags (1),
+# destination connection ID (up to 20), packet number (up to 4), AEAD tag (16), frame
+# type (1) and a 2-byte length.  What is left of a UDP payload carries user bytes.
+_DATAGRAM_OVERHEAD = 1 + 20 + 4 + 16 + 1 + 2
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatistics:
+    """A snapshot of one connection.
+
+    Attributes:
+        smoothed_rtt: smoothed round-trip time, seconds (0 before the first sample).
+        min_rtt: minimum round-trip time seen, seconds.
+        latest_rtt: the last round-trip sample, seconds.
+        congestion_window: the congestion window, bytes.
+        bytes_in_flight: bytes sent and not yet acknowledged or declared lost.
+        packets_sent: packets sent so far.
+        packets_lost: packets declared lost so far.
+        streams_open: streams the application holds open.
+        bytes_buffered: bytes waiting in streams: unacknowledged sends plus unread
+            receives.
+        datagrams_received: DATAGRAM frames received.
+        datagrams_dropped: DATAGRAM frames dropped because the receive queue was full.
+    """
+
+    smoothed_rtt: float
+    min_rtt: float
+    latest_rtt: float
+    congestion_window: int
+    bytes_in_flight: int
+    packets_sent: int
+    packets_lost: int
+    streams_open: int
+    bytes_buffered: int
+    datagrams_received: int
+    datagrams_dropped: int
+
+
+def _is_client_initiated(stream_id: int) -> bool:
+    return stream_id & 1 == 0
+
+
+def _is_unidirectional(stream_id: int) -> bool:
+    return stream_id & 2 == 2
+
+
+@final
+class Connection:
+    """One QUIC connection: streams, datagrams, pings and closing.
+
+    Obtained from :func:`quicframe.transport.connect` or given to the handler of
+    :func:`quicframe.transport.serve`; never constructed by users.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        core: AioquicCore,
+        *,
+        is_client: bool,
+        peer_address: NetworkAddress,
+        stream_high_water_mark: int,
+        stream_receive_window: int,
+        keepalive_interval: float | None,
+        datagram_queue_size: int,
+    ) -> None:
+        self._endpoint = endpoint
+        self._core = core
+        self._quic = core.quic
+        self._is_client = is_client
+        self._peer_address = peer_address
+        self._stream_high_water_mark = stream_high_water_mark
+        self._stream_receive_window = stream_receive_window
+        self._keepalive_interval = keepalive_interval
+
+        # Driver state.
+        self._wake_pending = False
+        self._driver_lot = trio.lowlevel.ParkingLot()
+        self._timer_at: float | None = None
+        self._last_activity = now()
+        self._running = False
+        self._host_cids: set[bytes] = set()
+
+        # Streams.
+        self._streams: dict[int, Stream] = {}
+        self._dirty: dict[int, Stream] = {}  # streams with writes for the core
+        self._send_waiters: set[Stream] = set()
+        self._incoming: deque[Stream] = deque()
+        self._accept_lot = trio.lowlevel.ParkingLot()
+        # Next peer-initiated stream IDs not yet seen, bidirectional and unidirectional:
+        # lower IDs were opened (RFC 9000 section 2.1), even if the core has forgotten them.
+        peer_bit = 1 if is_client else 0
+        self._next_peer_stream = {False: 0 | peer_bit, True: 2 | peer_bit}
+
+        # Datagrams.
+        self._datagram_queue_size = datagram_queue_size
+        self._datagrams: deque[bytes] = deque()
+        self._datagram_lot = trio.lowlevel.ParkingLot()
+        self._datagrams_received = 0
+        self._datagrams_dropped = 0
+
+        # Pings: uid -> [sent_at, rtt or None]; one lot for all waiters.
+        self._next_ping_uid = 0
+        self._pings: dict[int, list[float | None]] = {}
+        self._ping_lot = trio.lowlevel.ParkingLot()
+
+        # Lifecycle.
+        self._handshake_done = trio.Event()
+        self._alpn_protocol: str | None = None
+        self._session_resumed = False
+        self._early_data_accepted = False
+        self._close_requested = False  # the application called aclose()
+        self._close_issued = False  # the core was told to close
+        self._drain_lot = trio.lowlevel.ParkingLot()  # graceful aclose() waits here
+        self._close_flushed = trio.Event()
+        self._peer_closed = False
+        # (class, kwargs) of the ConnectionClosed every operation raises once closed;
+        # a fresh exception is built per raise so tracebacks do not pile up.
+        self._closed_info: tuple[type[ConnectionClosed], dict[str, Any]] | None = None
+        self._terminated = trio.Event()
+        self._closing = trio.Event()  # the core started closing (either side)
+
+    # -- properties -----------------------------------------------------------------
+
+    @property
+    def is_client(self) -> bool:
+        """True on the side that dialled."""
+        return self._is_client
+
+    @property
+    def remote_address(self) -> NetworkAddress:
+        """The peer's socket address (it follows the peer when it migrates)."""
+        address = self._core.peer_address()
+        return address if address is not None else self._peer_address
+
+    @property
+    def local_address(self) -> NetworkAddress:
+        """The local socket address."""
+        return self._endpoint.local_address
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        """The ALPN protocol negotiated in the handshake."""
+        return self._alpn_protocol
+
+    @property
+    def session_resumed(self) -> bool:
+        """True when the handshake resumed a TLS session from a ticket."""
+        return self._session_resumed
+
+    @property
+    def early_data_accepted(self) -> bool:
+        """True when the server accepted 0-RTT data (known once the handshake is done)."""
+        return self._early_data_accepted
+
+    @property
+    def handshake_complete(self) -> bool:
+        """True once the handshake completed."""
+        return self._handshake_done.is_set()
+
+    @property
+    def closed(self) -> ConnectionClosed | None:
+        """Why the connection closed, or None while it is open."""
+        if self._closed_info is None:
+            return None
+        return self._closed_exception()
+
+    # -- streams --------------------------------------------------------------------
+
+    async def open_stream(self, unidirectional: bool = False) -> Stream:
+        """Open a new stream; the peer learns of it with the first data sent.
+
+        Args:
+            unidirectional: open a send-only stream.
+
+        Returns:
+            The new :class:`Stream`.
+
+        Raises:
+            quicframe.errors.ConnectionClosed: the connection is closed.
+            trio.ClosedResourceError: ``aclose`` was called on this connection.
+
+        Cancellation:
+            A cancelled call opens no stream.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._raise_if_closed()
+        stream_id = self._quic.get_next_available_stream_id(is_unidirectional=unidirectional)
+        # An empty write makes the core create its stream state now, so the stream
+        # can be reset or stopped before anything was sent.
+        self._quic.send_stream_data(stream_id, b"")
+        self._core.gate_stream_credit(stream_id)
+        stream = Stream(self, stream_id, readable=not unidirectional, writable=True)
+        self._streams[stream_id] = stream
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return stream
+
+    async def accept_stream(self) -> Stream:
+        """Wait for the next stream the peer opens.
+
+        Raises:
+            quicframe.errors.ConnectionClosed: the connection closed.
+
+        Cancellation:
+            No stream is lost: a stream is only taken by a call that returns it.
+        """
+        while not self._incoming:
+            self._raise_if_closed()
+            await self._accept_lot.park()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._raise_if_closed()
+        return self._incoming.popleft()
+
+    async def serve_streams(
+        self, handler: Callable[[Stream, *_Ts], Awaitable[object]], *args: *_Ts
+    ) -> None:
+        """Run ``handler(stream, *args)`` in a task of its own for every stream the peer opens.
+
+        Returns when the connection closes; the handlers still running are then
+        cancelled.  A handler's exception propagates (and cancels the others):
+        catch what you expect inside the handler.
+
+        Raises:
+            Whatever a handler raised.
+
+        Cancellation:
+            Cancels the running handlers; streams are left as the handlers left
+            them (close them in ``finally`` blocks).
+        """
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    stream = await self.accept_stream()
+                except (ConnectionClosed, trio.ClosedResourceError):
+                    break
+                nursery.start_soon(handler, stream, *args)
+            nursery.cancel_scope.cancel()
+
+    # -- datagrams ------------------------------------------------------------------
+
+    def max_datagram_payload(self) -> int:
+        """The largest DATAGRAM payload :meth:`send_datagram` accepts now (0: none)."""
+        peer_max = self._core.peer_max_datagram_frame_size()
+        if not peer_max:
+            return 0
+        frame_room = peer_max - 1 - (1 if peer_max - 2 < 64 else 2 if peer_max < 16384 else 4)
+        packet_room = self._core.max_datagram_size() - _DATAGRAM_OVERHEAD
+        return max(0, min(frame_room, packet_room))
+
+    async def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data`` as one unreliable DATAGRAM frame (RFC 9221).
+
+        Raises:
+            DatagramTooLarge: ``data`` is larger than :meth:`max_datagram_payload`
+                (which is 0 when the peer does not accept DATAGRAM frames).
+            quicframe.errors.ConnectionClosed: the connection is closed.
+
+        Cancellation:
+            A cancelled call sends nothing.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._raise_if_closed()
+        limit = self.max_datagram_payload()
+        if len(data) > limit:
+            raise DatagramTooLarge(
+                f"datagram of {len(data)} bytes exceeds the limit of {limit} bytes",
+                max_size=limit,
+            )
+        self._quic.send_datagram_frame(bytes(data))
+        self._wake()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def receive_datagram(self) -> bytes:
+        """Wait for the next DATAGRAM frame.
+
+        The queue holds ``datagram_queue_size`` frames; when full, the oldest is
+        dropped (see ``statistics().datagrams_dropped``).
+
+        Raises:
+            quicframe.errors.ConnectionClosed: the connection closed.
+
+        Cancellation:
+            No datagram is lost to a cancelled call.
+        """
+        while not self._datagrams:
+            self._raise_if_closed()
+            await self._datagram_lot.park()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return self._datagrams.popleft()
+
+    # -- liveness -------------------------------------------------------------------
+
+    async def ping(self) -> float:
+        """Send a PING and wait for its acknowledgement.
+
+        Returns:
+            The measured round-trip time in seconds (it includes the peer's ACK delay).
+
+        Raises:
+            quicframe.errors.ConnectionClosed: the connection closed first.
+
+        Cancellation:
+            The PING may already be on the wire; its acknowledgement is ignored.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._raise_if_closed()
+        uid = self._next_ping_uid
+        self._next_ping_uid += 1
+        slot: list[float | None] = [now(), None]
+        self._pings[uid] = slot
+        self._quic.send_ping(uid)
+        self._wake()
+        try:
+            while (rtt := slot[1]) is None:
+                self._raise_if_closed()
+                await self._ping_lot.park()
+        finally:
+            self._pings.pop(uid, None)
+        return rtt
+
+    async def aclose(self, error_code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Close the connection with an application ``error_code`` and ``reason``.
+
+        With ``NO_ERROR`` (the default) the close is graceful: it first waits until
+        the peer acknowledged every byte already written on every stream, then
+        sends CONNECTION_CLOSE.  Any other code closes at once.  Returns once the
+        CONNECTION_CLOSE was handed to the socket; the core answers stray packets
+        for three probe timeouts afterwards.  New operations raise
+        :class:`trio.ClosedResourceError` from the moment ``aclose`` is called.
+        Closing twice, or after the peer closed, is fine.
+
+        Raises:
+            Nothing but trio.Cancelled.
+
+        Cancellation:
+            A cancelled ``aclose`` stops waiting for acknowledgements and sends
+            CONNECTION_CLOSE at once; the connection is closed either way.
+        """
+        if self._closed_info is None and not self._close_requested:
+            self._close_requested = True
+            self._set_closed(
+                ConnectionClosed,
+                message="the connection was closed locally",
+                code=error_code,
+                reason=reason,
+                by_peer=False,
+                is_transport=False,
+            )
+            try:
+                if error_code == ErrorCode.NO_ERROR:
+                    while self._running and not self._closing.is_set() and self._unacked():
+                        await self._drain_lot.park()
+            finally:
+                self._issue_close(error_code, reason)
+        if self._close_issued and self._running and not self._close_flushed.is_set():
+            await self._close_flushed.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def _unacked(self) -> bool:
+        return bool(self._dirty) or self._core.unacknowledged_stream_bytes() > 0
+
+    def _issue_close(self, error_code: int, reason: str) -> None:
+        if not self._close_issued:
+            self._close_issued = True
+            self._quic.close(error_code=error_code, reason_phrase=reason)
+            self._wake()
+
+    async def migrate(self) -> None:
+        """Move this client connection to a new local UDP port and connection ID.
+
+        Streams carry on: the server validates the new path (RFC 9000 section 9)
+        and follows it.  The old socket is closed.
+
+        Raises:
+            RuntimeError: this is a server-side connection, or its endpoint is
+                shared (only connections made by ``connect`` can migrate).
+            quicframe.errors.ConnectionClosed: the connection is closed.
+            OSError: no new socket could be bound.
+
+        Cancellation:
+            The move happens before the checkpoint: a cancelled call may have
+            migrated.
+        """
+        self._raise_if_closed()
+        if not self._is_client or not self._endpoint.can_rebind:
+            raise RuntimeError("only a connection made by connect() can migrate")
+        self._endpoint.rebind()
+        # A fresh connection ID, so an observer cannot link the two paths; without
+        # a spare ID from the peer this is a no-op and the move looks like a NAT
+        # rebinding, which the server follows just the same.
+        self._quic.change_connection_id()
+        self._wake()
+        await trio.lowlevel.checkpoint()
+
+    def statistics(self) -> ConnectionStatistics:
+        """A snapshot of the connection's counters."""
+        core = self._core.statistics()
+        buffered = sum(s._send_buffered() + s._receive_size for s in self._streams.values())
+        return ConnectionStatistics(
+            smoothed_rtt=core.smoothed_rtt,
+            min_rtt=core.min_rtt,
+            latest_rtt=core.latest_rtt,
+            congestion_window=core.congestion_window,
+            bytes_in_flight=core.bytes_in_flight,
+            packets_sent=core.packets_sent,
+            packets_lost=core.packets_lost,
+            streams_open=len(self._streams),
+            bytes_buffered=buffered,
+            datagrams_received=self._datagrams_received,
+            datagrams_dropped=self._datagrams_dropped,
+        )
+
+    def __repr__(self) -> str:
+        side = "client" if self._is_client else "server"
+        return f"<quicframe.transport.Connection {side} peer={self._peer_address!r}>"
+
+    # -- closed state ---------------------------------------------------------------
+
+    def _set_closed(self, cls: type[ConnectionClosed], **kwargs: Any) -> None:
+        if self._closed_info is None:
+            self._closed_info = (cls, kwargs)
+
+    def _closed_exception(self) -> ConnectionClosed:
+        assert self._closed_info is not None
+        cls, kwargs = self._closed_info
+        kwargs = dict(kwargs)
+        return cls(kwargs.pop("message"), **kwargs)
+
+    def _raise_if_closed(self) -> None:
+        if self._closed_info is not None:
+            if self._close_requested and not self._peer_closed:
+                raise trio.ClosedResourceError("the connection was closed locally")
+            raise self._closed_exception()
+
+    # -- called by streams (synchronous; they only queue work for the driver) --------
+
+    def _wake(self) -> None:
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._driver_lot.unpark_all()
+
+    def _mark_dirty(self, stream: Stream) -> None:
+        self._dirty[stream._stream_id] = stream
+        self._wake()
+
+    def _reset_stream(self, stream: Stream, code: int) -> None:
+        if self._closed_info is None:
+            self._dirty.pop(stream._stream_id, None)
+            self._quic.reset_stream(stream._stream_id, code)
+            self._wake()
+
+    def _stop_stream(self, stream: Stream, code: int) -> None:
+        if self._closed_info is None and self._core.stream_exists(stream._stream_id):
+            self._quic.stop_stream(stream._stream_id, code)
+            self._wake()
+
+    def _on_consumed(self, stream: Stream) -> None:
+        # Credit follows consumption: once the reader has taken a quarter of the
+        # window since the last grant, let the peer send up to consumed + window.
+        consumed = stream._received_total
+        if consumed - stream._credit_base >= self._stream_receive_window // 4:
+            stream._credit_base = consumed
+            self._core.grant_stream_credit(
+                stream._stream_id, consumed + self._stream_receive_window
+            )
+            self._wake()
+
+    def _forget_stream(self, stream: Stream) -> None:
+        """The application is done with the stream (closed, or both directions over)."""
+        self._streams.pop(stream._stream_id, None)
+        self._send_waiters.discard(stream)
+        self._core.release_stream(stream._stream_id)
+        self._wake()  # the core discards it (and grants the peer a new one) on a flush
+
+    # -- called by the endpoint -----------------------------------------------------
+
+    def _feed(self, data: bytes, address: NetworkAddress, t: float) -> None:
+        """Feed one datagram to the core (the endpoint calls _after_feed per batch)."""
+        self._quic.receive_datagram(data, address, t)
+
+    def _after_feed(self, t: float) -> None:
+        # Events are drained right away, in the receive loop's turn, so the tasks
+        # they wake run in the same scheduling round as the driver; the driver
+        # yields once before flushing, so their replies ride in the same flush.
+        self._last_activity = t
+        if not self._peer_closed and self._core.is_draining():
+            self._peer_closed = True
+        self._handle_events()
+        self._wake()
+
+    # -- the driver task ------------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Drive the core until it terminates.  Runs in the endpoint's nursery."""
+        self._running = True
+        try:
+            while True:
+                if not self._wake_pending:
+                    # The deadline bounds the wait only: nothing is in flight here.
+                    with trio.move_on_at(self._next_deadline()):
+                        await self._driver_lot.park()
+                # Let the tasks woken with us (readers of fed data, writers) run
+                # first, so what they write leaves in this flush, not the next.
+                await trio.lowlevel.checkpoint()
+                self._wake_pending = False
+                self._step()
+                await self._endpoint.send_datagrams(self._quic.datagrams_to_send(now()))
+                if self._close_issued:
+                    self._close_flushed.set()
+                self._timer_at = self._quic.get_timer()
+                self._handle_events()
+                if not self._closing.is_set() and self._core.is_closing_or_closed():
+                    self._closing.set()
+                if self._terminated.is_set():
+                    return
+                self._wake_send_waiters()
+                if self._close_requested:
+                    self._drain_lot.unpark_all()
+        finally:
+            self._running = False
+            if not self._close_issued and not self._core.is_closing_or_closed():
+                # Cancelled (the endpoint is shutting down): tell the peer, without
+                # waiting, rather than leave it to its idle timeout.
+                self._close_issued = True
+                self._quic.close(error_code=ErrorCode.GOING_AWAY, reason_phrase="shutting down")
+                self._endpoint.send_now(self._quic.datagrams_to_send(now()))
+            if self._closed_info is None:
+                # The driver was cancelled (the endpoint is shutting down).
+                self._set_closed(
+                    ConnectionClosed,
+                    message="the endpoint shut down",
+                    code=ErrorCode.GOING_AWAY,
+                    reason="endpoint shut down",
+                    by_peer=False,
+                    is_transport=False,
+                )
+            self._close_flushed.set()
+            self._closing.set()
+            self._terminated.set()
+            self._wake_everyone()
+            self._endpoint._connection_finished(self)
+
+    def _next_deadline(self) -> float:
+        deadline = self._timer_at if self._timer_at is not None else math.inf
+        if (
+            self._keepalive_interval is not None
+            and self._handshake_done.is_set()
+            and self._closed_info is None
+        ):
+            deadline = min(deadline, self._last_activity + self._keepalive_interval)
+        return deadline
+
+    def _step(self) -> None:
+        quic = self._quic
+        t = now()
+        if self._timer_at is not None and t >= self._timer_at:
+            self._timer_at = None
+            quic.handle_timer(t)
+        if (
+            self._keepalive_interval is not None
+            and self._handshake_done.is_set()
+            and self._closed_info is None
+            and t >= self._last_activity + self._keepalive_interval
+        ):
+            self._last_activity = t
+            quic.send_ping(-1)
+        # Events first: a STOP_SENDING that just arrived must cancel this tick's writes.
+        self._handle_events()
+        if self._dirty:
+            dirty, self._dirty = self._dirty, {}
+            for stream_id, stream in dirty.items():
+                pending = stream._send_pending
+                fin = stream._send_fin_pending
+                if pending or fin:
+                    stream._send_fin_pending = False
+                    # The core refuses when it already reset or discarded the
+                    # stream's send side (a STOP_SENDING raced with this write).
+                    with contextlib.suppress(RuntimeError, ValueError):
+                        quic.send_stream_data(stream_id, bytes(pending), fin)
+                    pending.clear()
+
+    def _handle_events(self) -> None:
+        quic = self._quic
+        while (event := quic.next_event()) is not None:
+            event_type = type(event)
+            if event_type is core_events.StreamDataReceived:
+                assert isinstance(event, core_events.StreamDataReceived)
+                stream = self._streams.get(event.stream_id)
+                if stream is None:
+                    stream = self._new_peer_stream(event.stream_id)
+                if stream is not None:
+                    stream._on_data(event.data, event.end_stream)
+            elif event_type is core_events.StreamReset:
+                assert isinstance(event, core_events.StreamReset)
+                stream = self._streams.get(event.stream_id) or self._new_peer_stream(
+                    event.stream_id
+                )
+                if stream is not None:
+                    stream._on_reset(event.error_code)
+            elif event_type is core_events.StopSendingReceived:
+                assert isinstance(event, core_events.StopSendingReceived)
+                stream = self._streams.get(event.stream_id) or self._new_peer_stream(
+                    event.stream_id
+                )
+                if stream is not None:
+                    self._dirty.pop(event.stream_id, None)
+                    stream._on_stop_sending(event.error_code)
+            elif event_type is core_events.DatagramFrameReceived:
+                assert isinstance(event, core_events.DatagramFrameReceived)
+                self._datagrams_received += 1
+                if len(self._datagrams) >= self._datagram_queue_size:
+                    self._datagrams.popleft()
+                    self._datagrams_dropped += 1
+                self._datagrams.append(event.data)
+                self._datagram_lot.unpark_all()
+            elif event_type is core_events.PingAcknowledged:
+                assert isinstance(event, core_events.PingAcknowledged)
+                slot = self._pings.get(event.uid)
+                if slot is not None and slot[0] is not None:
+                    slot[1] = now() - slot[0]
+                    self._ping_lot.unpark_all()
+            elif event_type is core_events.HandshakeCompleted:
+                assert isinstance(event, core_events.HandshakeCompleted)
+                self._alpn_protocol = event.alpn_protocol
+                self._session_resumed = event.session_resumed
+                self._early_data_accepted = event.early_data_accepted
+                self._handshake_done.set()
+                self._endpoint._handshake_finished(self)
+            elif event_type is core_events.ConnectionIdIssued:
+                assert isinstance(event, core_events.ConnectionIdIssued)
+                self._endpoint._add_cid(self, event.connection_id)
+            elif event_type is core_events.ConnectionIdRetired:
+                assert isinstance(event, core_events.ConnectionIdRetired)
+                self._endpoint._remove_cid(self, event.connection_id)
+            elif event_type is core_events.ConnectionTerminated:
+                assert isinstance(event, core_events.ConnectionTerminated)
+                self._on_terminated(event)
+
+    def _new_peer_stream(self, stream_id: int) -> Stream | None:
+        """Wrap a stream the peer opened (and every lower one of its kind), in order."""
+        if _is_client_initiated(stream_id) == self._is_client:
+            return None  # ours, and already closed by the application
+        unidirectional = _is_unidirectional(stream_id)
+        next_id = self._next_peer_stream[unidirectional]
+        if stream_id < next_id:
+            return None  # seen before and closed by the application
+        stream = None
+        for new_id in range(next_id, stream_id + 4, 4):
+            self._core.gate_stream_credit(new_id)
+            stream = Stream(self, new_id, readable=True, writable=not unidirectional)
+            self._streams[new_id] = stream
+            self._incoming.append(stream)
+        self._next_peer_stream[unidirectional] = stream_id + 4
+        self._accept_lot.unpark_all()
+        return stream
+
+    def _on_terminated(self, event: core_events.ConnectionTerminated) -> None:
+        is_transport = event.frame_type is not None
+        if self._peer_closed:
+            self._set_closed(
+                ConnectionClosed,
+                message="the peer closed the connection",
+                code=event.error_code,
+                reason=event.reason_phrase,
+                by_peer=True,
+                is_transport=is_transport,
+            )
+        elif AioquicCore.is_idle_termination(event):
+            self._set_closed(
+                IdleTimeout,
+                message="the connection was idle for too long",
+                code=TransportErrorCode.NO_ERROR,
+                reason="idle timeout",
+                by_peer=False,
+                is_transport=True,
+            )
+        else:
+            self._set_closed(
+                ConnectionClosed,
+                message="the connection was closed",
+                code=event.error_code,
+                reason=event.reason_phrase,
+                by_peer=False,
+                is_transport=is_transport,
+            )
+        self._terminated.set()
+        self._wake_everyone()
+
+    def _wake_send_waiters(self) -> None:
+        if not self._send_waiters:
+            return
+        high_water = self._stream_high_water_mark
+        for stream in list(self._send_waiters):
+            if stream._send_error is not None or stream._send_buffered() <= high_water:
+                self._send_waiters.discard(stream)
+                stream._send_lot.unpark_all()
+
+    def _wake_everyone(self) -> None:
+        for stream in self._streams.values():
+            stream._on_connection_closed()
+        self._send_waiters.clear()
+        self._accept_lot.unpark_all()
+        self._datagram_lot.unpark_all()
+        self._ping_lot.unpark_all()
+        self._drain_lot.unpark_all()
+
+    async def _wait_handshake_quietly(self) -> None:
+        with contextlib.suppress(HandshakeError):
+            await self._wait_handshake()
+
+    async def _wait_handshake(self) -> None:
+        """Wait for the handshake; raise HandshakeError if the connection dies first."""
+        async with trio.open_nursery() as nursery:
+
+            async def watch_termination() -> None:
+                await self._closing.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_termination)
+            await self._handshake_done.wait()
+            nursery.cancel_scope.cancel()
+        if not self._handshake_done.is_set():
+            code, is_transport, reason = self._core.close_reason()
+            name = transport_code_name(code) if is_transport else code_name(code)
+            raise HandshakeError(
+                f"the handshake failed: {name} {reason}".rstrip(),
+                code=ErrorCode.HANDSHAKE_FAILED,
+            )

@@ -1,0 +1,449 @@
+"""The core seam: the sans-IO QUIC engine the driver runs, and the clock it runs on.
+
+Everything the transport knows about aioquic lives here.  :class:`SansIOQuic` is the
+narrow interface aioquic's ``QuicConnection`` and its fork qh3 share (datagrams and
+``now`` in, datagrams, timers and events out); the driver calls only that, plus the
+few extras of :class:`AioquicCore`, which reaches into aioquic internals for what
+the public API does not offer (send-buffer occupancy, consumption-driven stream
+credit, statistics, peer limits).  Swapping the core means writing another adapter
+with the same extras; the driver does not change.
+
+This module is also the one place that converts time: :func:`now` is
+``trio.current_time()``, and every ``now`` handed to the core comes from it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import trio
+from aioquic._buffer import Buffer  # the C buffer; aioquic.buffer re-exports it
+from aioquic.quic import events as core_events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import (
+    TRANSPORT_CLOSE_FRAME_CAPACITY,
+    QuicConnection,
+    QuicConnectionState,
+)
+from aioquic.quic.crypto import CryptoPair
+from aioquic.quic.packet import (
+    QuicErrorCode,
+    QuicFrameType,
+    QuicPacketType,
+    QuicProtocolVersion,
+    encode_quic_retry,
+    encode_quic_version_negotiation,
+    pull_quic_header,
+)
+from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.retry import QuicRetryTokenHandler
+from aioquic.quic.stream import QuicStream as _AioquicStream
+from aioquic.tls import SessionTicket
+
+__all__ = [
+    "MIN_INITIAL_SIZE",
+    "AioquicCore",
+    "CoreStatistics",
+    "Header",
+    "NetworkAddress",
+    "RetryGate",
+    "SansIOQuic",
+    "core_events",
+    "encode_version_negotiation",
+    "invalid_token_close",
+    "now",
+    "parse_header_untrusted",
+]
+
+NetworkAddress = Any
+"""A socket address as ``recvfrom`` returns it (2-tuple for IPv4, 4-tuple for IPv6)."""
+
+MIN_INITIAL_SIZE: Final = 1200
+"""RFC 9000 section 14.1: a client's INITIAL datagram is at least this big."""
+
+
+def now() -> float:
+    """The core's clock: trio's clock, so ``autojump_clock`` and deadlines agree."""
+    return trio.current_time()
+
+
+class SansIOQuic(Protocol):
+    """The sans-IO QUIC connection interface shared by aioquic and qh3."""
+
+    host_cid: bytes
+
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None: ...
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]: ...
+    def get_timer(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def next_event(self) -> core_events.QuicEvent | None: ...
+    def connect(self, addr: NetworkAddress, now: float) -> None: ...
+    def close(
+        self, error_code: int = 0, frame_type: int | None = None, reason_phrase: str = ""
+    ) -> None: ...
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None: ...
+    def reset_stream(self, stream_id: int, error_code: int) -> None: ...
+    def stop_stream(self, stream_id: int, error_code: int) -> None: ...
+    def send_datagram_frame(self, data: bytes) -> None: ...
+    def send_ping(self, uid: int) -> None: ...
+    def get_next_available_stream_id(self, is_unidirectional: bool = False) -> int: ...
+    def change_connection_id(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------
+# Endpoint helpers: the header of an untrusted datagram, Version Negotiation.
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """What the endpoint needs from a datagram's first packet header."""
+
+    destination_cid: bytes
+    source_cid: bytes
+    version: int | None  # None for short headers
+    is_initial: bool
+    is_version_negotiation: bool
+    token: bytes
+
+
+SUPPORTED_VERSIONS: Final[tuple[int, ...]] = (
+    QuicProtocolVersion.VERSION_1,
+    QuicProtocolVersion.VERSION_2,
+)
+
+
+def parse_header_untrusted(data: bytes, host_cid_length: int) -> Header | None:
+    """Parse the first header of a datagram from anyone; None if it is garbage."""
+    try:
+        header = pull_quic_header(Buffer(data=data), host_cid_length=host_cid_length)
+    except ValueError:  # BufferReadError is a ValueError too
+        return None
+    return Header(
+        destination_cid=header.destination_cid,
+        source_cid=header.source_cid,
+        version=header.version,
+        is_initial=header.packet_type == QuicPacketType.INITIAL,
+        is_version_negotiation=header.packet_type == QuicPacketType.VERSION_NEGOTIATION,
+        token=header.token,
+    )
+
+
+def version_is_supported(version: int) -> bool:
+    return version in SUPPORTED_VERSIONS
+
+
+def encode_version_negotiation(header: Header) -> bytes:
+    """A Version Negotiation packet answering ``header`` (never answer one with one)."""
+    assert not header.is_version_negotiation
+    return encode_quic_version_negotiation(
+        source_cid=header.destination_cid,
+        destination_cid=header.source_cid,
+        supported_versions=list(SUPPORTED_VERSIONS),
+    )
+
+
+class RetryGate:
+    """Stateless address validation with Retry packets (RFC 9000 section 8.1.2).
+
+    Tokens are sealed with a key that lives as long as the listener, bind the
+    client's address and the connection IDs, and expire quickly.
+    """
+
+    def __init__(self) -> None:
+        self._tokens = QuicRetryTokenHandler()
+
+    def retry_packet(self, header: Header, address: NetworkAddress, now: float) -> bytes:
+        """The Retry packet answering a token-less INITIAL."""
+        assert header.version is not None
+        retry_cid = os.urandom(8)
+        token = self._tokens.create_token(
+            address=address,
+            original_destination_connection_id=header.destination_cid,
+            retry_source_connection_id=retry_cid,
+            now=now,
+        )
+        return encode_quic_retry(
+            version=header.version,
+            source_cid=retry_cid,
+            destination_cid=header.source_cid,
+            original_destination_cid=header.destination_cid,
+            retry_token=token,
+        )
+
+    def validate(self, header: Header, address: NetworkAddress, now: float) -> bytes | None:
+        """The original destination connection ID the token vouches for, or None."""
+        try:
+            return self._tokens.validate_token(
+                address=address,
+                destination_cid=header.destination_cid,
+                token=header.token,
+                now=now,
+            )
+        except ValueError:
+            return None
+
+
+def invalid_token_close(header: Header) -> bytes:
+    """An INITIAL packet closing the connection with INVALID_TOKEN (RFC 9000 8.1.3).
+
+    The server has no connection state for this client, so the INITIAL keys are
+    derived here from the client's chosen destination connection ID.
+    """
+    assert header.version is not None
+    keys = CryptoPair()
+    keys.setup_initial(cid=header.destination_cid, is_client=False, version=header.version)
+    builder = QuicPacketBuilder(
+        host_cid=header.destination_cid,
+        peer_cid=header.source_cid,
+        version=header.version,
+        is_client=False,
+        max_datagram_size=MIN_INITIAL_SIZE,
+    )
+    builder.start_packet(QuicPacketType.INITIAL, keys)
+    frame = builder.start_frame(
+        QuicFrameType.TRANSPORT_CLOSE, capacity=TRANSPORT_CLOSE_FRAME_CAPACITY
+    )
+    frame.push_uint_var(QuicErrorCode.INVALID_TOKEN)  # error code
+    frame.push_uint_var(QuicFrameType.PADDING)  # offending frame type: none
+    frame.push_uint_var(0)  # empty reason phrase
+    datagrams, _ = builder.flush()
+    return datagrams[0]
+
+
+def address_is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------------------
+# Consumption-driven receive credit.
+# --------------------------------------------------------------------------------------
+
+
+class _CreditGatedStream(_AioquicStream):
+    """An aioquic stream whose receive credit and lifetime follow the application.
+
+    aioquic raises a stream's MAX_STREAM_DATA as data *arrives* (it doubles
+    ``max_stream_data_local`` once the peer has used half of it), so a reader that
+    stops reading would still let the peer send without bound into our buffers.
+    Instances of aioquic's own stream class are switched to this class in place;
+    every raise aioquic attempts is capped at ``_qf_ceiling``, which the driver moves
+    forward as the application reads (consumed + window).  The limit never goes
+    down, as RFC 9000 requires.
+    """
+
+    _qf_limit: int
+    _qf_ceiling: int
+    _qf_released: bool
+
+    @property
+    def is_finished(self) -> bool:
+        # aioquic discards a finished stream and, for a peer's stream, lets the
+        # peer open a new one.  Holding that back until the application let go of
+        # the stream (closed it, or finished both directions) bounds the streams a
+        # peer can pile up on an application that does not accept or read them.
+        return self._qf_released and self.receiver.is_finished and self.sender.is_finished
+
+    @property
+    def max_stream_data_local(self) -> int:
+        return self._qf_limit
+
+    @max_stream_data_local.setter
+    def max_stream_data_local(self, value: int) -> None:
+        self._qf_limit = max(self._qf_limit, min(value, self._qf_ceiling))
+
+
+@dataclass(frozen=True, slots=True)
+class CoreStatistics:
+    smoothed_rtt: float
+    min_rtt: float
+    latest_rtt: float
+    congestion_window: int
+    bytes_in_flight: int
+    packets_sent: int
+    packets_lost: int
+
+
+class AioquicCore:
+    """aioquic's ``QuicConnection`` behind the seam, plus the driver's extras.
+
+    ``quic`` is used directly by the driver for the :class:`SansIOQuic` calls (one
+    attribute lookup fewer on the hot path); the methods below are the extras.
+    """
+
+    __slots__ = ("_packets_lost", "_quic_connection", "quic")
+
+    def __init__(self, connection: QuicConnection) -> None:
+        self._quic_connection = connection
+        self.quic: SansIOQuic = connection
+        self._packets_lost = 0
+        # Count real losses (congestion events) for statistics by wrapping the
+        # recovery object's loss hook on this instance only.
+        recovery = connection._loss
+        original = recovery._on_packets_lost
+
+        def counting_on_packets_lost(*, packets: Iterable[Any], **kwargs: Any) -> None:
+            packets = list(packets)
+            if kwargs.get("congestion_event", True):
+                self._packets_lost += len(packets)
+            original(packets=packets, **kwargs)
+
+        recovery._on_packets_lost = counting_on_packets_lost  # type: ignore[method-assign]
+
+    @classmethod
+    def client(
+        cls,
+        configuration: QuicConfiguration,
+        *,
+        ticket_handler: Callable[[SessionTicket], None] | None = None,
+    ) -> AioquicCore:
+        return cls(
+            QuicConnection(configuration=configuration, session_ticket_handler=ticket_handler)
+        )
+
+    @classmethod
+    def server(
+        cls,
+        configuration: QuicConfiguration,
+        original_destination_cid: bytes,
+        retry_source_cid: bytes | None = None,
+        *,
+        ticket_fetcher: Callable[[bytes], SessionTicket | None] | None = None,
+        ticket_handler: Callable[[SessionTicket], None] | None = None,
+    ) -> AioquicCore:
+        return cls(
+            QuicConnection(
+                configuration=configuration,
+                original_destination_connection_id=original_destination_cid,
+                retry_source_connection_id=retry_source_cid,
+                session_ticket_fetcher=ticket_fetcher,
+                session_ticket_handler=ticket_handler,
+            )
+        )
+
+    @staticmethod
+    def ticket_allows_early_data(ticket: SessionTicket | None) -> bool:
+        return ticket is not None and ticket.max_early_data_size is not None
+
+    @staticmethod
+    def host_cid_length(configuration: QuicConfiguration) -> int:
+        return configuration.connection_id_length
+
+    # -- streams ------------------------------------------------------------------
+
+    def _stream(self, stream_id: int) -> _AioquicStream | None:
+        return self._quic_connection._streams.get(stream_id)
+
+    def send_buffered(self, stream_id: int) -> int:
+        """Bytes of the stream aioquic holds: not yet sent, or sent and not yet ACKed."""
+        stream = self._stream(stream_id)
+        if stream is None:
+            return 0
+        sender = stream.sender
+        return sender._buffer_stop - sender._buffer_start
+
+    def gate_stream_credit(self, stream_id: int) -> None:
+        """Make the stream's receive credit follow consumption (see _CreditGatedStream)."""
+        stream = self._stream(stream_id)
+        if stream is None or isinstance(stream, _CreditGatedStream):
+            return
+        limit = stream.__dict__.pop("max_stream_data_local")
+        stream.__class__ = _CreditGatedStream
+        assert isinstance(stream, _CreditGatedStream)
+        stream._qf_limit = limit
+        stream._qf_ceiling = limit
+        stream._qf_released = False
+
+    def release_stream(self, stream_id: int) -> None:
+        """The application is done with the stream: the core may discard it."""
+        stream = self._stream(stream_id)
+        if isinstance(stream, _CreditGatedStream):
+            stream._qf_released = True
+
+    def grant_stream_credit(self, stream_id: int, ceiling: int) -> None:
+        """Let the peer send up to offset ``ceiling``; announced at the next flush."""
+        stream = self._stream(stream_id)
+        if not isinstance(stream, _CreditGatedStream):
+            return
+        stream._qf_ceiling = ceiling
+        if ceiling > stream._qf_limit:
+            stream._qf_limit = ceiling
+
+    def unacknowledged_stream_bytes(self) -> int:
+        """Stream bytes written and not yet acknowledged, over streams not reset."""
+        total = 0
+        for stream in self._quic_connection._streams.values():
+            sender = stream.sender
+            if sender._reset_error_code is None and not sender.is_finished:
+                total += sender._buffer_stop - sender._buffer_start
+                if sender._buffer_fin is not None and not sender._acked_fin:
+                    total += 1  # the FIN itself still needs its acknowledgement
+        return total
+
+    def stream_exists(self, stream_id: int) -> bool:
+        return stream_id in self._quic_connection._streams
+
+    # -- connection ---------------------------------------------------------------
+
+    def peer_address(self) -> NetworkAddress | None:
+        """Where the core currently sends (it follows validated peer migrations)."""
+        return self._quic_connection.get_peer_address()
+
+    def peer_max_datagram_frame_size(self) -> int | None:
+        return self._quic_connection._remote_max_datagram_frame_size
+
+    def max_datagram_size(self) -> int:
+        return self._quic_connection._max_datagram_size
+
+    def has_peer_traffic(self) -> bool:
+        """True once a packet from the peer decrypted (a garbage INITIAL never does),
+        or the core decided to close (it understood enough to refuse, e.g. no ALPN)."""
+        connection = self._quic_connection
+        return connection._close_event is not None or any(
+            space.largest_received_packet >= 0 for space in connection._spaces.values()
+        )
+
+    def is_draining(self) -> bool:
+        """True once the peer's CONNECTION_CLOSE was received (RFC 9000 draining)."""
+        return self._quic_connection._state is QuicConnectionState.DRAINING
+
+    def is_closing_or_closed(self) -> bool:
+        return self._quic_connection._state in (
+            QuicConnectionState.CLOSING,
+            QuicConnectionState.DRAINING,
+            QuicConnectionState.TERMINATED,
+        )
+
+    def close_reason(self) -> tuple[int, bool, str]:
+        """(code, is_transport, reason) of the close in progress, if any."""
+        event = self._quic_connection._close_event
+        if event is None:
+            return (0, True, "")
+        return (event.error_code, event.frame_type is not None, event.reason_phrase)
+
+    @staticmethod
+    def is_idle_termination(event: core_events.ConnectionTerminated) -> bool:
+        # aioquic reports its idle timeout as a local INTERNAL_ERROR with this
+        # frame type and reason; nothing else produces that combination.
+        return event.frame_type == QuicFrameType.PADDING and event.reason_phrase == "Idle timeout"
+
+    def statistics(self) -> CoreStatistics:
+        connection = self._quic_connection
+        loss = connection._loss
+        min_rtt = loss._rtt_min
+        return CoreStatistics(
+            smoothed_rtt=loss._rtt_smoothed,
+            min_rtt=0.0 if min_rtt == float("inf") else min_rtt,
+            latest_rtt=loss._rtt_latest,
+            congestion_window=loss.congestion_window,
+            bytes_in_flight=loss.bytes_in_flight,
+            packets_sent=connection._packet_number,
+            packets_lost=self._packets_lost,
+        )
