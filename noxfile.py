@@ -8,7 +8,6 @@ nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
 
-
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite (the README's test command runs this session)."""
@@ -19,7 +18,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check (with the ASYNC rules) and ruff format --check."""
-    session.install("ruff>=0.6")
+    session.install("ruff==0.17.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -27,7 +26,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on src, tests, bench and this file (trio's own inline types)."""
-    session.install("-e", ".[test]", "mypy>=1.11", "nox>=2024.4")
+    session.install("-e", ".[test]", "mypy==2.4.1", "nox>=2024.4")
     session.run("mypy", "--strict", *session.posargs)
 
 
