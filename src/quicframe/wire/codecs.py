@@ -225,8 +225,13 @@ class _DataclassSchema:
         lines += ["    except KeyError:", "        return from_general(data)"]
         for i, name in enumerate(names):
             if name in self.checks:
-                namespace[f"t{i}"] = self.checks[name]
-                lines.append(f"    if type(f{i}) not in t{i}:")
+                check = self.checks[name]
+                if len(check) == 1:  # an identity test is cheaper than a tuple scan
+                    namespace[f"t{i}"] = check[0]
+                    lines.append(f"    if type(f{i}) is not t{i}:")
+                else:
+                    namespace[f"t{i}"] = check
+                    lines.append(f"    if type(f{i}) not in t{i}:")
                 lines.append("        return from_general(data)")
             if name in self.converters:
                 namespace[f"dec{i}"] = self.converters[name][1]
