@@ -35,3 +35,4 @@ def bench(session: nox.Session) -> None:
     """Benchmarks; never run by the tests.  Pass ``-- --quick`` for a short run."""
     session.install("-e", ".")
     session.run("python", "bench/wire_bench.py", *session.posargs)
+    session.run("python", "bench/transport_bench.py", *session.posargs)

@@ -10,6 +10,15 @@ and flushes the core's datagrams once.
 
 Re-arming the timer never cancels anything in flight: the deadline applies to the
 *wait* only (``trio.move_on_at`` around ``ParkingLot.park``), never to a send.
+
+Three things keep the per-request path short.  When fed data wakes a parked
+reader (or a handler is spawned for a new stream), the driver waits a few
+scheduling rounds for the reply and flushes the moment it is written, instead of
+flushing an empty pass first and the reply in a second one.  A write that queued
+its FIN is flushed without the extra round given to writers that may add more.
+And a pending acknowledgement is moved forward to ride with the stream data of
+the next flush (aioquic otherwise sends it as a separate ACK-only packet once its
+1 ms ACK delay has passed).
 """
 
 from __future__ import annotations
@@ -50,6 +59,15 @@ _Ts = TypeVarTuple("_Ts")
 # destination connection ID (up to 20), packet number (up to 4), AEAD tag (16), frame
 # type (1) and a 2-byte length.  What is left of a UDP payload carries user bytes.
 _DATAGRAM_OVERHEAD = 1 + 20 + 4 + 16 + 1 + 2
+
+# Scheduling rounds the driver gives readers it just handed data to, to answer
+# before it parks again (see Connection._run): a stream-per-request caller needs
+# three (read EOF, open the next stream, write), a long-lived stream one.
+_ANSWER_ROUNDS = 3
+
+# Extra datagrams_to_send calls per flush while the core's pacing delay has
+# already passed (see Connection._datagrams_to_send).
+_PACING_CATCH_UP = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +142,13 @@ class Connection:
         # Driver state.
         self._wake_pending = False
         self._driver_lot = trio.lowlevel.ParkingLot()
+        # Set while handling events when a parked reader got data or a handler was
+        # spawned for a new stream; then the receive loop wakes the driver "for an
+        # answer" (_prewoken): it waits a few rounds for the answer before flushing.
+        self._answer_expected = False
+        self._prewoken = False
         self._timer_at: float | None = None
+        self._timer_handled_at = -math.inf  # when handle_timer() last ran
         self._last_activity = now()
         self._running = False
         self._host_cids: set[bytes] = set()
@@ -134,6 +158,9 @@ class Connection:
         self._dirty: dict[int, Stream] = {}  # streams with writes for the core
         self._send_waiters: set[Stream] = set()
         self._incoming: deque[Stream] = deque()
+        # Handler spawners of running serve_streams() calls (the newest takes new
+        # streams); with none, new streams wait in _incoming for accept_stream().
+        self._stream_spawners: list[Callable[[Stream], None]] = []
         self._accept_lot = trio.lowlevel.ParkingLot()
         # Next peer-initiated stream IDs not yet seen, bidirectional and unidirectional:
         # lower IDs were opened (RFC 9000 section 2.1), even if the core has forgotten them.
@@ -276,12 +303,21 @@ class Connection:
             them (close them in ``finally`` blocks).
         """
         async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    stream = await self.accept_stream()
-                except (ConnectionClosed, trio.ClosedResourceError):
-                    break
+
+            def spawn(stream: Stream) -> None:
                 nursery.start_soon(handler, stream, *args)
+
+            # While this runs, a new peer stream gets its handler task straight from
+            # the event that announced it: no accept_stream() round trip through
+            # the scheduler before the handler's first step.
+            self._stream_spawners.append(spawn)
+            try:
+                while self._closed_info is None:
+                    while self._incoming:
+                        spawn(self._incoming.popleft())
+                    await self._accept_lot.park()
+            finally:
+                self._stream_spawners.remove(spawn)
             nursery.cancel_scope.cancel()
 
     # -- datagrams ------------------------------------------------------------------
@@ -518,8 +554,12 @@ class Connection:
         """The application is done with the stream (closed, or both directions over)."""
         self._streams.pop(stream._stream_id, None)
         self._send_waiters.discard(stream)
-        self._core.release_stream(stream._stream_id)
-        self._wake()  # the core discards it (and grants the peer a new one) on a flush
+        # The core discards it (and, for a peer's stream, lets the peer open a new
+        # one) at its next flush.  A wake-up just for that would cost a flush of
+        # its own, and could split a writer's data from the FIN it queues next,
+        # so the driver is only woken when the peer is running out of streams.
+        if self._core.release_stream(stream._stream_id):
+            self._wake()
 
     # -- called by the endpoint -----------------------------------------------------
 
@@ -528,14 +568,25 @@ class Connection:
         self._quic.receive_datagram(data, address, t)
 
     def _after_feed(self, t: float) -> None:
-        # Events are drained right away, in the receive loop's turn, so the tasks
-        # they wake run in the same scheduling round as the driver; the driver
-        # yields once before flushing, so their replies ride in the same flush.
+        """A batch was fed: drain its events and wake the driver to flush once.
+
+        Events are drained right away, in the receive loop's turn, so the tasks
+        they wake run in the next scheduling round.  When one of them is a
+        reader that got data (or a handler spawned for a new stream), the driver
+        is woken "for an answer": it gives the readers a few rounds to write
+        their reply and flushes the moment one did, so the reply, the ACK of this
+        batch and anything else the core owes the peer leave in one flush.
+        """
         self._last_activity = t
         if not self._peer_closed and self._core.is_draining():
             self._peer_closed = True
         self._handle_events()
-        self._wake()
+        if self._answer_expected:
+            self._answer_expected = False
+            self._prewoken = True
+            self._driver_lot.unpark_all()
+        else:
+            self._wake()
 
     # -- the driver task ------------------------------------------------------------
 
@@ -544,27 +595,32 @@ class Connection:
         self._running = True
         try:
             while True:
-                if not self._wake_pending:
-                    # The deadline bounds the wait only: nothing is in flight here.
-                    with trio.move_on_at(self._next_deadline()):
-                        await self._driver_lot.park()
-                # Let the tasks woken with us (readers of fed data, writers) run
-                # first, so what they write leaves in this flush, not the next.
-                await trio.lowlevel.checkpoint()
+                if not self._wake_pending and not self._prewoken:
+                    deadline = self._next_deadline()
+                    if deadline > now():
+                        # The deadline bounds the wait only: nothing is in flight.
+                        with trio.move_on_at(deadline):
+                            await self._driver_lot.park()
+                    # else the timer is already due: no wait (a cancelled wait
+                    # would cost far more than the checkpoint below).
+                if self._prewoken:
+                    # Readers were handed data: give them a few rounds to answer
+                    # and flush the moment one has written (or after those rounds).
+                    self._prewoken = False
+                    for _ in range(_ANSWER_ROUNDS):
+                        await trio.lowlevel.checkpoint()
+                        if self._dirty:
+                            break
+                elif not self._only_finished_writes():
+                    # Let the tasks woken with us (writers of this tick) run first,
+                    # so what they write leaves in this flush, not the next; unless
+                    # every stream written to queued its FIN: nothing more can join.
+                    await trio.lowlevel.checkpoint()
                 self._wake_pending = False
                 self._step()
-                await self._endpoint.send_datagrams(self._quic.datagrams_to_send(now()))
-                if self._close_issued:
-                    self._close_flushed.set()
-                self._timer_at = self._quic.get_timer()
-                self._handle_events()
-                if not self._closing.is_set() and self._core.is_closing_or_closed():
-                    self._closing.set()
-                if self._terminated.is_set():
+                await self._endpoint.send_datagrams(self._datagrams_to_send())
+                if self._after_flush():
                     return
-                self._wake_send_waiters()
-                if self._close_requested:
-                    self._drain_lot.unpark_all()
         finally:
             self._running = False
             if not self._close_issued and not self._core.is_closing_or_closed():
@@ -589,6 +645,53 @@ class Connection:
             self._wake_everyone()
             self._endpoint._connection_finished(self)
 
+    def _datagrams_to_send(self) -> list[tuple[bytes, NetworkAddress]]:
+        """The core's datagrams for one flush.
+
+        A paced core releases a short burst per call and asks to be called again
+        a packet time later, a moment usually past by the time the burst is
+        built: ask again right away (a bounded number of times) instead of
+        paying a timer wake-up per burst.
+        """
+        quic = self._quic
+        datagrams = quic.datagrams_to_send(now())
+        for _ in range(_PACING_CATCH_UP):
+            t = now()
+            if not self._core.pacing_due(t):
+                break
+            more = quic.datagrams_to_send(t)
+            if not more:
+                break
+            datagrams += more
+        return datagrams
+
+    def _only_finished_writes(self) -> bool:
+        """True if streams were written to and every one of them queued its FIN."""
+        dirty = self._dirty
+        return bool(dirty) and all(stream._send_fin_pending for stream in dirty.values())
+
+    def _after_flush(self) -> bool:
+        """Bookkeeping after a flush; True once the connection terminated."""
+        if self._close_issued:
+            self._close_flushed.set()
+        timer = self._quic.get_timer()
+        if timer is not None and timer <= self._timer_handled_at:
+            # aioquic can re-arm its loss timer at the very instant it just handled
+            # (loss_time = sent + delay, then ``sent <= now - delay`` rounds false).
+            # Under a clock that does not move by itself (trio's autojump MockClock)
+            # the driver would then spin at that instant forever: step past it.
+            timer = self._timer_handled_at + 1e-6
+        self._timer_at = timer
+        self._handle_events()
+        if not self._closing.is_set() and self._core.is_closing_or_closed():
+            self._closing.set()
+        if self._terminated.is_set():
+            return True
+        self._wake_send_waiters()
+        if self._close_requested:
+            self._drain_lot.unpark_all()
+        return False
+
     def _next_deadline(self) -> float:
         deadline = self._timer_at if self._timer_at is not None else math.inf
         if (
@@ -604,6 +707,7 @@ class Connection:
         t = now()
         if self._timer_at is not None and t >= self._timer_at:
             self._timer_at = None
+            self._timer_handled_at = t
             quic.handle_timer(t)
         if (
             self._keepalive_interval is not None
@@ -627,6 +731,8 @@ class Connection:
                     with contextlib.suppress(RuntimeError, ValueError):
                         quic.send_stream_data(stream_id, bytes(pending), fin)
                     pending.clear()
+            # Data leaves in this flush: the pending ACK rides along with it.
+            self._core.acknowledge_with_next_packet(t)
 
     def _handle_events(self) -> None:
         quic = self._quic
@@ -638,6 +744,8 @@ class Connection:
                 if stream is None:
                     stream = self._new_peer_stream(event.stream_id)
                 if stream is not None:
+                    if stream._receive_lot:
+                        self._answer_expected = True
                     stream._on_data(event.data, event.end_stream)
             elif event_type is core_events.StreamReset:
                 assert isinstance(event, core_events.StreamReset)
@@ -694,13 +802,20 @@ class Connection:
         if stream_id < next_id:
             return None  # seen before and closed by the application
         stream = None
+        queued = False
         for new_id in range(next_id, stream_id + 4, 4):
             self._core.gate_stream_credit(new_id)
             stream = Stream(self, new_id, readable=True, writable=not unidirectional)
             self._streams[new_id] = stream
-            self._incoming.append(stream)
+            if self._stream_spawners and self._closed_info is None:
+                self._stream_spawners[-1](stream)
+                self._answer_expected = True
+            else:
+                self._incoming.append(stream)
+                queued = True
         self._next_peer_stream[unidirectional] = stream_id + 4
-        self._accept_lot.unpark_all()
+        if queued:
+            self._accept_lot.unpark_all()
         return stream
 
     def _on_terminated(self, event: core_events.ConnectionTerminated) -> None:

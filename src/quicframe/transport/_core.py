@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import trio
+from aioquic import tls
 from aioquic._buffer import Buffer  # the C buffer; aioquic.buffer re-exports it
 from aioquic.quic import events as core_events
 from aioquic.quic.configuration import QuicConfiguration
@@ -40,6 +41,7 @@ from aioquic.quic.packet import (
     pull_quic_header,
 )
 from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.retry import QuicRetryTokenHandler
 from aioquic.quic.stream import QuicStream as _AioquicStream
 from aioquic.tls import SessionTicket
@@ -278,12 +280,13 @@ class AioquicCore:
     attribute lookup fewer on the hot path); the methods below are the extras.
     """
 
-    __slots__ = ("_packets_lost", "_quic_connection", "quic")
+    __slots__ = ("_application_space", "_packets_lost", "_quic_connection", "quic")
 
     def __init__(self, connection: QuicConnection) -> None:
         self._quic_connection = connection
         self.quic: SansIOQuic = connection
         self._packets_lost = 0
+        self._application_space: QuicPacketSpace | None = None
         # Count real losses (congestion events) for statistics by wrapping the
         # recovery object's loss hook on this instance only.
         recovery = connection._loss
@@ -361,11 +364,25 @@ class AioquicCore:
         stream._qf_ceiling = limit
         stream._qf_released = False
 
-    def release_stream(self, stream_id: int) -> None:
-        """The application is done with the stream: the core may discard it."""
+    def release_stream(self, stream_id: int) -> bool:
+        """The application is done with the stream: the core may discard it.
+
+        Returns True when a flush should follow soon: the stream is the peer's
+        and the peer has used most of the streams it may open, so the credit
+        the discard frees (MAX_STREAMS) should reach it now.  Otherwise the
+        discard can wait for whatever flush comes next.
+        """
         stream = self._stream(stream_id)
-        if isinstance(stream, _CreditGatedStream):
-            stream._qf_released = True
+        if not isinstance(stream, _CreditGatedStream):
+            return False
+        stream._qf_released = True
+        connection = self._quic_connection
+        if (stream_id & 1 == 0) == connection._is_client:
+            return False  # ours: discarding it frees nothing the peer waits for
+        if not (stream.receiver.is_finished and stream.sender.is_finished):
+            return False  # not discardable yet: the flush that finishes it will
+        limit = connection._stream_limit(stream_id)
+        return limit.sent - limit.used <= limit.sent // 4
 
     def grant_stream_credit(self, stream_id: int, ceiling: int) -> None:
         """Let the peer send up to offset ``ceiling``; announced at the next flush."""
@@ -389,6 +406,41 @@ class AioquicCore:
 
     def stream_exists(self, stream_id: int) -> bool:
         return stream_id in self._quic_connection._streams
+
+    # -- pacing -------------------------------------------------------------------
+
+    def pacing_due(self, now: float) -> bool:
+        """True when the core held packets back for pacing and may send them now.
+
+        aioquic's pacer lets a burst of a few microseconds' worth of packets out
+        per ``datagrams_to_send`` call, then asks to be called again one packet
+        time later; on a fast path that moment has passed before the datagrams
+        are even handed to the socket.
+        """
+        pacing_at = self._quic_connection._pacing_at
+        return pacing_at is not None and pacing_at <= now
+
+    # -- acknowledgements ---------------------------------------------------------
+
+    def acknowledge_with_next_packet(self, now: float) -> None:
+        """Let a pending 1-RTT acknowledgement ride in the packets about to be built.
+
+        aioquic delays every acknowledgement by its 1 ms ACK delay and only writes
+        an ACK frame once that delay has passed, so a reply built right after a
+        request never carries the request's ACK: a separate ACK-only packet
+        follows a millisecond later, costing both ends a packet and a timer
+        wake-up per exchange.  The driver calls this when it is about to send
+        application data anyway; the ACK then travels with that data (RFC 9000
+        section 13.2.1 lets a receiver acknowledge earlier than its delay).
+        """
+        space = self._application_space
+        if space is None:
+            space = self._quic_connection._spaces.get(tls.Epoch.ONE_RTT)
+            if space is None:
+                return
+            self._application_space = space
+        if space.ack_at is not None and space.ack_at > now:
+            space.ack_at = now
 
     # -- connection ---------------------------------------------------------------
 

@@ -80,6 +80,15 @@ def _open_udp_socket(
     return sock
 
 
+SocketFactory = Callable[[int, NetworkAddress, int, int], socket.socket]
+"""Opens the endpoint's UDP socket: ``(family, local address, SO_RCVBUF, SO_SNDBUF)``.
+
+It returns a bound, non-blocking datagram socket.  The default opens a real one;
+``quicframe.testing.FakeNetwork.socket_factory`` returns an in-memory stand-in with
+the same methods (``fileno``, ``getsockname``, ``recvfrom``, ``sendto``, ``close``).
+"""
+
+
 async def _resolve(host: str, port: int) -> tuple[int, NetworkAddress]:
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     if not infos:  # pragma: no cover - getaddrinfo raises instead
@@ -239,8 +248,10 @@ class Endpoint:
         receive_buffer: int = 0,
         send_buffer: int = 0,
         tickets: ServerTicketStore | None = None,
+        socket_factory: SocketFactory = _open_udp_socket,
     ) -> None:
         self._sock = sock
+        self._socket_factory = socket_factory
         self._tickets = tickets
         self._nursery = nursery
         self._receive_buffer = receive_buffer
@@ -284,7 +295,9 @@ class Endpoint:
         old = self._sock
         host = self.local_address[0]
         address = (host, 0, *self.local_address[2:])
-        self._sock = _open_udp_socket(old.family, address, self._receive_buffer, self._send_buffer)
+        self._sock = self._socket_factory(
+            old.family, address, self._receive_buffer, self._send_buffer
+        )
         self.local_address = self._sock.getsockname()
         # Wake the receive loop off the old socket before closing it.
         trio.lowlevel.notify_closing(old)
@@ -322,6 +335,13 @@ class Endpoint:
 
     def _dispatch(self, data: bytes, address: NetworkAddress) -> Connection | None:
         """The connection a datagram belongs to, creating it for a valid INITIAL."""
+        if data and data[0] & 0xC0 == 0x40:
+            # Short header (fixed bit set): the destination connection ID follows
+            # the first byte.  Route the common case without a full header parse;
+            # the core authenticates the packet anyway.
+            connection = self._routes.get(data[1 : 1 + self._cid_length])
+            if connection is not None:
+                return connection
         header = parse_header_untrusted(data, self._cid_length)
         if header is None:
             self.datagrams_dropped += 1
@@ -551,6 +571,7 @@ async def connect(
     *,
     local_host: str | None = None,
     early_data: bool = False,
+    socket_factory: SocketFactory | None = None,
 ) -> AsyncIterator[Connection]:
     """Dial a QUIC server and yield the established :class:`Connection`.
 
@@ -570,6 +591,8 @@ async def connect(
             writes travel as 0-RTT data.  0-RTT data can be replayed by an attacker:
             send only idempotent requests this way.  Check
             ``Connection.early_data_accepted`` once ``handshake_complete``.
+        socket_factory: opens the UDP socket (default: a real one); tests pass
+            ``quicframe.testing.FakeNetwork.socket_factory`` here.
 
     Yields:
         The connection, once the handshake completed.
@@ -595,7 +618,8 @@ async def connect(
         else:
             local_host = "::" if family == socket.AF_INET6 else "0.0.0.0"
     _, local_address = await _resolve(local_host, 0)
-    sock = _open_udp_socket(
+    open_socket = socket_factory if socket_factory is not None else _open_udp_socket
+    sock = open_socket(
         family, local_address, config.socket_receive_buffer, config.socket_send_buffer
     )
     with (
@@ -611,6 +635,7 @@ async def connect(
                 nursery,
                 receive_buffer=config.socket_receive_buffer,
                 send_buffer=config.socket_send_buffer,
+                socket_factory=open_socket,
             )
             nursery.start_soon(endpoint.receive_loop)
             connection = endpoint.dial(address, config, quic_config)
@@ -675,6 +700,7 @@ async def serve(
     config: ServerConfig,
     handler: Handler | None,
     *,
+    socket_factory: SocketFactory | None = None,
     task_status: trio.TaskStatus[Listener] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen for QUIC connections on ``host``:``port`` until cancelled.
@@ -690,6 +716,8 @@ async def serve(
         config: server settings, including the certificate.
         handler: ``async def handler(connection)``, or None to accept connections
             without running anything.
+        socket_factory: opens the UDP socket (default: a real one); tests pass
+            ``quicframe.testing.FakeNetwork.socket_factory`` here.
         task_status: receives the :class:`Listener` once the socket is bound.
 
     Raises:
@@ -700,9 +728,8 @@ async def serve(
         connection, without waiting, and closes the socket.
     """
     family, address = await _resolve(host, port)
-    sock = _open_udp_socket(
-        family, address, config.socket_receive_buffer, config.socket_send_buffer
-    )
+    open_socket = socket_factory if socket_factory is not None else _open_udp_socket
+    sock = open_socket(family, address, config.socket_receive_buffer, config.socket_send_buffer)
     with (
         contextlib.closing(sock),
         _open_secrets_log(config.secrets_log_file) as secrets_log,
@@ -722,6 +749,7 @@ async def serve(
                 receive_buffer=config.socket_receive_buffer,
                 send_buffer=config.socket_send_buffer,
                 tickets=tickets,
+                socket_factory=open_socket,
             )
             nursery.start_soon(endpoint.receive_loop)
             task_status.started(Listener(endpoint))

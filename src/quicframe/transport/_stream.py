@@ -218,7 +218,8 @@ class Stream(trio.abc.HalfCloseableStream):
             self._send_fin_pending = True
             self._connection._mark_dirty(self)
         self._send_closed = True
-        self._send_lot.unpark_all()
+        if self._send_lot:
+            self._send_lot.unpark_all()
         self._maybe_done()
 
     def _maybe_done(self) -> None:
@@ -246,7 +247,8 @@ class Stream(trio.abc.HalfCloseableStream):
         self._send_fin_pending = False
         if self._send_error is None:
             self._connection._reset_stream(self, code)
-        self._send_lot.unpark_all()
+        if self._send_lot:
+            self._send_lot.unpark_all()
         self._maybe_done()
 
     def stop_sending(self, code: int = 0) -> None:
@@ -261,8 +263,28 @@ class Stream(trio.abc.HalfCloseableStream):
         self._receive_size = 0
         if not self._receive_eof and self._receive_error is None:
             self._connection._stop_stream(self, code)
-        self._receive_lot.unpark_all()
+        if self._receive_lot:
+            self._receive_lot.unpark_all()
         self._maybe_done()
+
+    async def wait_stopped(self) -> int:
+        """Wait until the peer asks us to stop sending (STOP_SENDING); return its code.
+
+        A server uses this to learn that a caller gave up while its request is
+        being handled (the request was read to its FIN, so nothing else tells it).
+
+        Raises:
+            quicframe.errors.ConnectionClosed: the connection closed first.
+            trio.ClosedResourceError: the connection was closed locally.
+
+        Cancellation:
+            Nothing happens on the wire.
+        """
+        while self._send_error is None:
+            self._connection._raise_if_closed()
+            await self._send_lot.park()
+        await trio.lowlevel.checkpoint()
+        return self._send_error
 
     # -- receiving ----------------------------------------------------------------
 
@@ -353,8 +375,10 @@ class Stream(trio.abc.HalfCloseableStream):
             self.stop_sending(0)
             self._closed = True
             self._connection._forget_stream(self)
-            self._send_lot.unpark_all()
-            self._receive_lot.unpark_all()
+            if self._send_lot:
+                self._send_lot.unpark_all()
+            if self._receive_lot:
+                self._receive_lot.unpark_all()
         await trio.lowlevel.checkpoint()
 
     def statistics(self) -> StreamStatistics:
@@ -375,7 +399,8 @@ class Stream(trio.abc.HalfCloseableStream):
             self._receive_size += len(data)
         if end_stream:
             self._receive_eof = True
-        self._receive_lot.unpark_all()
+        if self._receive_lot:
+            self._receive_lot.unpark_all()
         if end_stream and not self._receive_size:
             self._maybe_done()
 
@@ -385,7 +410,8 @@ class Stream(trio.abc.HalfCloseableStream):
         self._receive_chunks.clear()
         self._receive_size = 0
         self._receive_error = code
-        self._receive_lot.unpark_all()
+        if self._receive_lot:
+            self._receive_lot.unpark_all()
         self._maybe_done()
 
     def _on_stop_sending(self, code: int) -> None:
@@ -393,7 +419,8 @@ class Stream(trio.abc.HalfCloseableStream):
         self._send_fin_pending = False
         if self._send_error is None:
             self._send_error = code
-        self._send_lot.unpark_all()
+        if self._send_lot:
+            self._send_lot.unpark_all()
         self._maybe_done()
 
     # A fresh exception per raise, so repeated failures do not pile up tracebacks.
@@ -411,8 +438,10 @@ class Stream(trio.abc.HalfCloseableStream):
         )
 
     def _on_connection_closed(self) -> None:
-        self._send_lot.unpark_all()
-        self._receive_lot.unpark_all()
+        if self._send_lot:
+            self._send_lot.unpark_all()
+        if self._receive_lot:
+            self._receive_lot.unpark_all()
 
     def __repr__(self) -> str:
         return f"<quicframe.transport.Stream id={self._stream_id}>"
