@@ -3,9 +3,16 @@
 This package re-exports the public names.  ``quicframe.wire`` (frames, metadata,
 codecs, errors) is sans-IO and importing it loads neither trio nor aioquic; the
 trio layers are imported only when their names are first used.
+
+The session layer: ``Router`` and ``CallContext`` describe the operations served,
+``serve`` / ``open_server`` run them, and ``connect`` yields a ``Client`` whose
+``call`` runs one RPC.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._config import ClientConfig as ClientConfig, ServerConfig as ServerConfig
+from ._policy import ReconnectPolicy as ReconnectPolicy
 from ._version import __version__ as __version__
 from .errors import (
     ConnectionClosed as ConnectionClosed,
@@ -35,3 +42,62 @@ from .wire import (
     SlaClass as SlaClass,
     default_registry as default_registry,
 )
+
+if TYPE_CHECKING:
+    from . import middleware as middleware
+    from ._client import (
+        Client as Client,
+        ClientCallContext as ClientCallContext,
+        ClientStatistics as ClientStatistics,
+        Interceptor as Interceptor,
+        connect as connect,
+    )
+    from ._router import (
+        CallContext as CallContext,
+        CallNext as CallNext,
+        Middleware as Middleware,
+        Route as Route,
+        Router as Router,
+    )
+    from ._server import (
+        Authenticator as Authenticator,
+        Server as Server,
+        ServerStatistics as ServerStatistics,
+        open_server as open_server,
+        serve as serve,
+    )
+
+# Names whose modules import trio: loaded on first use, so that importing
+# quicframe (or quicframe.wire) stays free of trio and aioquic.
+_LAZY = {
+    "Client": "._client",
+    "ClientCallContext": "._client",
+    "ClientStatistics": "._client",
+    "Interceptor": "._client",
+    "connect": "._client",
+    "CallContext": "._router",
+    "CallNext": "._router",
+    "Middleware": "._router",
+    "Route": "._router",
+    "Router": "._router",
+    "Authenticator": "._server",
+    "Server": "._server",
+    "ServerStatistics": "._server",
+    "open_server": "._server",
+    "serve": "._server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "middleware":
+        import importlib
+
+        return importlib.import_module(".middleware", __name__)
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name, __name__), name)
+    globals()[name] = value
+    return value

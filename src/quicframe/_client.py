@@ -1,0 +1,780 @@
+"""The RPC client: ``connect`` yields a :class:`Client` whose ``call`` runs one RPC.
+
+The client opens the control stream (stream 0) and sends HELLO; once WELCOME
+arrives it serves the control stream in the background (PONGs, heartbeats,
+GOAWAY).  Each call opens a stream of its own, writes REQUEST and FIN, and reads
+RESPONSE or ERROR to the FIN.  The remaining time of the caller's cancel scope
+travels as the deadline budget; a caller that gives up resets the stream and
+stops the server's sending with CANCELLED.
+
+Each connection's session state lives in a ``_Link``.  With a
+:class:`~quicframe.ReconnectPolicy`, a supervisor task dials a new link when the
+current one dies or receives GOAWAY; calls wait for it within their deadlines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import itertools
+import logging
+import math
+import os
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar, final, overload
+
+import trio
+
+from ._config import ClientConfig
+from ._policy import ReconnectPolicy
+from ._util import send_with_fin, unwrap_single_exception
+from ._version import __version__
+from .errors import (
+    ConnectionClosed,
+    ConnectionLost,
+    ErrorCode,
+    HandshakeError,
+    HandshakeTimeout,
+    InsecureRejected,
+    IntegrityError,
+    QuicframeError,
+    RemoteError,
+    RemoteProtocolError,
+    Unauthorized,
+    Unavailable,
+    VersionMismatch,
+    code_name,
+)
+from .session import (
+    SUPPORTED_VERSIONS,
+    ControlChannel,
+    GoAway,
+    GoAwayReceived,
+    Hello,
+    OneFrameReader,
+    PongReceived,
+    RejectReceived,
+    Welcome,
+    WelcomeReceived,
+    encode_request,
+    error_from_frame,
+    payload_matches,
+    reply_frame_untrusted,
+)
+from .transport import Connection, Stream, connect as transport_connect
+from .wire import DEFAULT_MAX_FRAME_SIZE, Frame, FrameType, MsgpackCodec, check_max_frame_size
+
+__all__ = [
+    "Client",
+    "ClientCallContext",
+    "ClientStatistics",
+    "Interceptor",
+    "connect",
+]
+
+logger = logging.getLogger("quicframe.client")
+
+T = TypeVar("T")
+
+_HANDSHAKE_ERRORS: Final[dict[int, type[HandshakeError]]] = {
+    ErrorCode.VERSION_MISMATCH: VersionMismatch,
+    ErrorCode.UNAUTHORIZED: Unauthorized,
+    ErrorCode.INSECURE: InsecureRejected,
+    ErrorCode.HANDSHAKE_TIMEOUT: HandshakeTimeout,
+}
+_PING: Final = struct.Struct(">Q")
+_CLOSE_BOUND: Final = 5.0  # how long a graceful close may wait for acknowledgements
+_PLAIN: MsgpackCodec[Any] = MsgpackCodec()
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class ClientCallContext:
+    """One outgoing call as interceptors see it; they may change its fields.
+
+    Attributes:
+        opcode: the operation called.
+        request_id: the request id sent (generated unless the caller gave one).
+        sla_class: the service class sent, or None.
+        integrity: send a PAYLOAD_SHA256 of the body (and check the reply's).
+        trace_context: a W3C ``traceparent`` value to send, or None.
+        response_type: the dataclass the RESPONSE body decodes into, or None.
+        state: free space for interceptors.
+    """
+
+    opcode: int
+    request_id: str
+    sla_class: int | None = None
+    integrity: bool = False
+    trace_context: str | None = None
+    response_type: type[Any] | None = None
+    state: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+ClientCallNext = Callable[[ClientCallContext, Any], Awaitable[Any]]
+Interceptor = Callable[[ClientCallContext, Any, ClientCallNext], Awaitable[Any]]
+"""``async def interceptor(ctx, request, call_next) -> response``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStatistics:
+    """A snapshot of a client.
+
+    Attributes:
+        rtt: the last application-level round trip (PING to PONG on the control
+            stream), seconds, or None before the first.
+        calls_in_flight: calls waiting for their reply.
+        calls_completed: calls that returned a response.
+        calls_failed: calls that failed, by error code name (CANCELLED for
+            calls the caller gave up on).
+        heartbeats: PINGs answered.
+        reconnects: connections re-established after a loss or a GOAWAY.
+        reconnect_failures: reconnection attempts that failed.
+        retries: idempotent calls retried on a new connection.
+        goaway: the GOAWAY the server sent on the current connection, or None.
+    """
+
+    rtt: float | None
+    calls_in_flight: int
+    calls_completed: int
+    calls_failed: dict[str, int]
+    heartbeats: int
+    reconnects: int
+    reconnect_failures: int
+    retries: int
+    goaway: GoAway | None
+
+
+class _Link:
+    """The session state of one connection: control stream, WELCOME, pings."""
+
+    def __init__(self, connection: Connection, max_frame_size: int) -> None:
+        self.connection = connection
+        self.channel = ControlChannel(client=True, max_frame_size=max_frame_size)
+        self.control: Stream | None = None
+        self.control_lock = trio.Lock()
+        self.welcome: Welcome | None = None
+        self.peer_max_frame_size = DEFAULT_MAX_FRAME_SIZE
+        self.goaway: GoAway | None = None
+        # Set once no new call may start here: GOAWAY arrived or the connection ended.
+        self.unusable = trio.Event()
+        # Pings: payload -> [sent at, round trip or None].
+        self.pings: dict[bytes, list[float | None]] = {}
+        self.ping_lot = trio.lowlevel.ParkingLot()
+
+    def retire(self) -> None:
+        self.unusable.set()
+        self.ping_lot.unpark_all()
+
+    async def send_control(self, queue: Callable[[], None]) -> None:
+        stream = self.control
+        assert stream is not None
+        async with self.control_lock:
+            queue()
+            await stream.send_all(self.channel.data_to_send())
+
+
+@final
+class Client:
+    """A session with a quicframe server, from :func:`connect`.
+
+    Never constructed by users.
+    """
+
+    def __init__(
+        self,
+        *,
+        interceptors: Iterable[Interceptor],
+        max_frame_size: int,
+        heartbeat: bool,
+        reconnect: ReconnectPolicy | None,
+        idempotent: Iterable[int],
+    ) -> None:
+        self._interceptors = tuple(interceptors)
+        self._max_frame_size = max_frame_size
+        self._heartbeat = heartbeat
+        # A policy that allows no attempt is no policy: nobody would reconnect.
+        self._policy = reconnect if reconnect is not None and reconnect.max_retries > 0 else None
+        self._idempotent = frozenset(idempotent)
+        self._link: _Link | None = None
+        self._link_lot = trio.lowlevel.ParkingLot()  # woken when the link changes
+        self._gave_up: BaseException | None = None
+        self._closed = False
+        self._codecs: dict[type[Any], MsgpackCodec[Any]] = {}
+        self._id_prefix = os.urandom(4).hex()
+        self._id_counter = itertools.count(1)
+        self._pipeline: ClientCallNext = self._compose()
+        self._ping_counter = itertools.count(1)
+        # Statistics.
+        self._rtt: float | None = None
+        self._heartbeats = 0
+        self._in_flight = 0
+        self._completed = 0
+        self._failed: dict[str, int] = {}
+        self._reconnects = 0
+        self._reconnect_failures = 0
+        self._retries = 0
+
+    # -- properties -----------------------------------------------------------
+
+    @property
+    def _current(self) -> _Link:
+        assert self._link is not None
+        return self._link
+
+    @property
+    def connection(self) -> Connection:
+        """The QUIC connection the session currently runs on."""
+        return self._current.connection
+
+    @property
+    def welcome(self) -> Welcome:
+        """What the server announced in WELCOME (version, limits, principal)."""
+        welcome = self._current.welcome
+        assert welcome is not None
+        return welcome
+
+    @property
+    def protocol_version(self) -> int:
+        """The negotiated session protocol version."""
+        return self.welcome.version
+
+    @property
+    def principal(self) -> str | None:
+        """The identity the server's authenticator established, if any."""
+        return self.welcome.principal
+
+    def statistics(self) -> ClientStatistics:
+        """A snapshot of the client's counters."""
+        return ClientStatistics(
+            rtt=self._rtt,
+            calls_in_flight=self._in_flight,
+            calls_completed=self._completed,
+            calls_failed=dict(self._failed),
+            heartbeats=self._heartbeats,
+            reconnects=self._reconnects,
+            reconnect_failures=self._reconnect_failures,
+            retries=self._retries,
+            goaway=None if self._link is None else self._link.goaway,
+        )
+
+    # -- calls ----------------------------------------------------------------
+
+    @overload
+    async def call(
+        self,
+        opcode: int,
+        request: Any,
+        *,
+        response: type[T],
+        request_id: str | None = None,
+        sla_class: int | None = None,
+        integrity: bool = False,
+        trace_context: str | None = None,
+    ) -> T: ...
+
+    @overload
+    async def call(
+        self,
+        opcode: int,
+        request: Any,
+        *,
+        response: None = None,
+        request_id: str | None = None,
+        sla_class: int | None = None,
+        integrity: bool = False,
+        trace_context: str | None = None,
+    ) -> Any: ...
+
+    async def call(
+        self,
+        opcode: int,
+        request: Any,
+        *,
+        response: type[Any] | None = None,
+        request_id: str | None = None,
+        sla_class: int | None = None,
+        integrity: bool = False,
+        trace_context: str | None = None,
+    ) -> Any:
+        """Call ``opcode`` with ``request`` and return the server's response.
+
+        A dataclass request travels as a msgpack map; anything else as a plain
+        msgpack value.  The deadline is the caller's: wrap the call in
+        ``trio.fail_after`` and the remaining time travels to the server, which
+        runs the handler within it.  While a reconnect policy re-establishes a
+        lost connection, calls wait for it (bounded by their deadline); a call
+        to an opcode given in ``connect(idempotent=...)`` that was in flight
+        when the connection died is sent again on the new connection.
+
+        Args:
+            opcode: the operation, 0x0000-0xFFFF.
+            request: the request value.
+            response: a dataclass to decode the response into (default: plain value).
+            request_id: the request id to send (default: a fresh unique one).
+            sla_class: the service class to send (``quicframe.SlaClass``).
+            integrity: send the SHA-256 of the body; the server refuses a body
+                that does not match, and digests its response, which is checked.
+            trace_context: a W3C ``traceparent`` value to send.
+
+        Returns:
+            The response value.
+
+        Raises:
+            quicframe.errors.RemoteError: the server answered ERROR; the subclass
+                follows the code (NotFound, InvalidArgument, DeadlineExceeded,
+                InternalError, ...).
+            quicframe.errors.RemoteProtocolError: the server broke the protocol
+                on this call's stream, or reset it with a protocol error code.
+            quicframe.errors.Unavailable: the server sent GOAWAY (and there is
+                no reconnect policy).
+            quicframe.errors.ConnectionLost: the connection died during the call,
+                or could not be re-established.
+            quicframe.errors.ConnectionClosed: the connection was already closed.
+            quicframe.errors.LocalProtocolError: the request cannot be encoded.
+
+        Cancellation:
+            A cancelled call resets its stream and sends STOP_SENDING, both with
+            CANCELLED: the server cancels the handler's scope as soon as that
+            arrives (about one network round trip).
+        """
+        ctx = ClientCallContext(
+            opcode=opcode,
+            request_id=request_id or f"{self._id_prefix}-{next(self._id_counter)}",
+            sla_class=sla_class,
+            integrity=integrity,
+            trace_context=trace_context,
+            response_type=response,
+        )
+        return await self._pipeline(ctx, request)
+
+    def _compose(self) -> ClientCallNext:
+        call: ClientCallNext = self._send_call
+        for layer in reversed(self._interceptors):
+            call = _wrap(layer, call)
+        return call
+
+    def _codec(self, cls: type[Any] | None) -> MsgpackCodec[Any]:
+        if cls is None or not dataclasses.is_dataclass(cls):
+            return _PLAIN
+        codec = self._codecs.get(cls)
+        if codec is None:
+            codec = self._codecs[cls] = MsgpackCodec(cls)
+        return codec
+
+    def _fail(self, code: int) -> None:
+        name = code_name(code)
+        self._failed[name] = self._failed.get(name, 0) + 1
+
+    async def _usable_link(self) -> _Link:
+        """The link new calls go to; waits while a reconnect is under way."""
+        while True:
+            link = self._current
+            if not link.unusable.is_set() or self._policy is None:
+                return link
+            if self._gave_up is not None:
+                self._fail(ErrorCode.CONNECTION_LOST)
+                raise ConnectionLost(
+                    f"the connection was lost and could not be re-established: {self._gave_up}",
+                    code=ErrorCode.CONNECTION_LOST,
+                ) from self._gave_up
+            await self._link_lot.park()
+
+    async def _send_call(self, ctx: ClientCallContext, request: Any) -> Any:
+        body = self._codec(type(request)).encode(request)
+        while True:
+            link = await self._usable_link()
+            if link.goaway is not None:
+                await trio.lowlevel.checkpoint()
+                self._fail(ErrorCode.UNAVAILABLE)
+                raise Unavailable(
+                    f"the server is going away: {link.goaway.reason}", operation="call"
+                )
+            try:
+                stream = await link.connection.open_stream()
+            except ConnectionClosed:
+                link.retire()
+                if self._policy is not None:
+                    continue  # nothing was sent: wait for the new connection
+                self._fail(ErrorCode.CONNECTION_LOST)
+                raise
+            try:
+                return await self._call_on(link, stream, ctx, body)
+            except Unavailable as exc:
+                # The call raced the server's GOAWAY and was not run: with a
+                # reconnect policy, send it on the next connection.
+                if self._policy is None or exc.details.get("draining") is not True:
+                    raise
+                link.retire()
+                self._retries += 1
+            except ConnectionLost:
+                link.retire()
+                if self._policy is None or ctx.opcode not in self._idempotent:
+                    raise
+                self._retries += 1
+                logger.info(
+                    "call %s (opcode 0x%04x) lost with its connection; retrying",
+                    ctx.request_id,
+                    ctx.opcode,
+                    extra={"request_id": ctx.request_id, "opcode": ctx.opcode},
+                )
+
+    async def _call_on(
+        self, link: _Link, stream: Stream, ctx: ClientCallContext, body: bytes
+    ) -> Any:
+        opcode = ctx.opcode
+        deadline = trio.current_effective_deadline()
+        budget = None
+        if deadline != math.inf:
+            budget = max(0, round((deadline - trio.current_time()) * 1e9))
+        self._in_flight += 1
+        code: int = ErrorCode.CANCELLED  # what the stream is reset with unless we finish
+        reply: Frame | None = None
+        try:
+            frame = encode_request(
+                opcode,
+                body,
+                request_id=ctx.request_id,
+                deadline_budget_ns=budget,
+                sla_class=ctx.sla_class,
+                integrity=ctx.integrity,
+                trace_context=ctx.trace_context,
+                max_frame_size=link.peer_max_frame_size,
+            )
+            await send_with_fin(stream, frame)
+            reader = OneFrameReader(max_frame_size=self._max_frame_size)
+            while data := await stream.receive_some():
+                reader.feed(data)
+            reply = reply_frame_untrusted(reader.feed_eof(), opcode)
+            code = ErrorCode.NO_ERROR
+        except RemoteProtocolError as exc:
+            code = exc.code
+            self._fail(code)
+            raise
+        except trio.BrokenResourceError as exc:
+            # StreamResetByPeer: the server reset the call stream.
+            code = ErrorCode.NO_ERROR
+            self._fail(getattr(exc, "code", ErrorCode.UNKNOWN))
+            raise _reset_error(exc, opcode) from exc
+        except ConnectionClosed as exc:
+            code = ErrorCode.NO_ERROR
+            self._fail(ErrorCode.CONNECTION_LOST)
+            raise ConnectionLost(
+                f"the connection closed during the call: {exc}",
+                code=ErrorCode.CONNECTION_LOST,
+                reason=exc.reason,
+                by_peer=exc.by_peer,
+                operation=f"opcode 0x{opcode:04x}",
+            ) from exc
+        except BaseException:
+            self._fail(ErrorCode.CANCELLED)
+            raise
+        finally:
+            self._in_flight -= 1
+            if code != ErrorCode.NO_ERROR:
+                stream.reset(code)
+                stream.stop_sending(code)
+            if reply is None:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+            # else: FIN sent and the reply read to its FIN: the stream is already done.
+        if reply.metadata.payload_sha256 is not None and not payload_matches(reply):
+            self._fail(ErrorCode.INTEGRITY_MISMATCH)
+            raise IntegrityError(
+                "the response body does not match its PAYLOAD_SHA256",
+                operation=f"opcode 0x{opcode:04x}",
+            )
+        if reply.type == FrameType.ERROR:
+            error = error_from_frame(reply)
+            self._fail(error.code)
+            raise error
+        value = self._codec(ctx.response_type).decode(reply.body)
+        self._completed += 1
+        return value
+
+    # -- control stream -------------------------------------------------------
+
+    async def ping(self) -> float:
+        """Send PING on the control stream and wait for its PONG.
+
+        Returns:
+            The application-level round-trip time in seconds.
+
+        Raises:
+            quicframe.errors.ConnectionClosed: the connection closed first.
+
+        Cancellation:
+            The PING may already be sent; its PONG is then ignored.
+        """
+        return await self._ping(self._current)
+
+    async def _ping(self, link: _Link) -> float:
+        payload = _PING.pack(next(self._ping_counter))
+        slot: list[float | None] = [trio.current_time(), None]
+        link.pings[payload] = slot
+        try:
+            await link.send_control(lambda: link.channel.send_ping(payload))
+            while (rtt := slot[1]) is None:
+                closed = link.connection.closed
+                if closed is not None:
+                    raise closed
+                await link.ping_lot.park()
+        finally:
+            link.pings.pop(payload, None)
+        return rtt
+
+    async def _handshake(self, link: _Link, hello: Hello) -> Welcome:
+        connection = link.connection
+        stream = await connection.open_stream()
+        link.control = stream
+        try:
+            await link.send_control(lambda: link.channel.send_hello(hello))
+            while True:
+                data = await stream.receive_some()
+                if not data:
+                    raise HandshakeError("the server ended the control stream during the handshake")
+                for event in link.channel.receive_data(data):
+                    if isinstance(event, WelcomeReceived):
+                        welcome = event.welcome
+                        link.welcome = welcome
+                        try:
+                            link.peer_max_frame_size = check_max_frame_size(welcome.max_frame_size)
+                        except QuicframeError:
+                            link.peer_max_frame_size = DEFAULT_MAX_FRAME_SIZE
+                        return welcome
+                    if isinstance(event, RejectReceived):
+                        reject = event.reject
+                        await connection.aclose(reject.code, reject.reason[:200])
+                        cls = _HANDSHAKE_ERRORS.get(reject.code, HandshakeError)
+                        raise cls(
+                            f"the server refused the session: {reject.reason}", code=reject.code
+                        )
+        except ConnectionClosed as exc:
+            # The server closed before we read its REJECT: its close code says why.
+            if exc.is_transport or exc.code == ErrorCode.NO_ERROR:
+                raise HandshakeError(f"the connection closed during the handshake: {exc}") from exc
+            cls = _HANDSHAKE_ERRORS.get(exc.code, HandshakeError)
+            raise cls(f"the server refused the session: {exc.reason}", code=exc.code) from exc
+        except (RemoteProtocolError, trio.BrokenResourceError) as exc:
+            await connection.aclose(getattr(exc, "code", ErrorCode.PROTOCOL_ERROR))
+            raise HandshakeError(f"the handshake failed: {exc}") from exc
+
+    async def _control_loop(self, link: _Link) -> None:
+        stream = link.control
+        assert stream is not None
+        channel = link.channel
+        try:
+            while data := await stream.receive_some():
+                for event in channel.receive_data(data):
+                    if isinstance(event, PongReceived):
+                        slot = link.pings.get(event.payload)
+                        if slot is not None and slot[0] is not None:
+                            slot[1] = self._rtt = trio.current_time() - slot[0]
+                            self._heartbeats += 1
+                            link.ping_lot.unpark_all()
+                    elif isinstance(event, GoAwayReceived):
+                        link.goaway = event.goaway
+                        logger.info("server sent GOAWAY: %s", event.goaway.reason)
+                        link.retire()
+                reply = channel.data_to_send()
+                if reply:
+                    async with link.control_lock:
+                        await stream.send_all(reply)
+        except RemoteProtocolError as exc:
+            logger.warning("protocol error on the control stream: %s", exc)
+            await link.connection.aclose(exc.code, exc.message[:200])
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _heartbeat_loop(self, link: _Link, interval: float) -> None:
+        with contextlib.suppress(
+            ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError
+        ):
+            while True:
+                await trio.sleep(interval)
+                with trio.move_on_after(max(interval, 1.0)):
+                    await self._ping(link)
+
+    # -- connections ----------------------------------------------------------
+
+    async def _run_link(
+        self,
+        host: str,
+        port: int,
+        config: ClientConfig,
+        hello: Hello,
+        *,
+        task_status: trio.TaskStatus[_Link] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Dial, handshake, then serve the control stream until the connection ends."""
+        async with transport_connect(host, port, config) as connection:
+            link = _Link(connection, self._max_frame_size)
+            try:
+                with trio.move_on_after(config.handshake_timeout) as scope:
+                    welcome = await self._handshake(link, hello)
+                if scope.cancelled_caught:
+                    await connection.aclose(ErrorCode.HANDSHAKE_TIMEOUT, "no WELCOME in time")
+                    raise HandshakeTimeout(
+                        f"no WELCOME from {host}:{port} within {config.handshake_timeout} s"
+                    )
+                self._link = link
+                self._link_lot.unpark_all()
+                task_status.started(link)
+                async with trio.open_nursery() as nursery:
+                    interval = welcome.heartbeat_interval_ms / 1000
+                    if self._heartbeat and interval > 0:
+                        nursery.start_soon(self._heartbeat_loop, link, interval)
+                    await self._control_loop(link)
+                    nursery.cancel_scope.cancel()
+            finally:
+                link.retire()
+
+    async def _supervise(self, nursery: trio.Nursery, dial: Callable[..., Awaitable[None]]) -> None:
+        """Re-establish the connection whenever the current one becomes unusable."""
+        policy = self._policy
+        assert policy is not None
+        while True:
+            await self._current.unusable.wait()
+            if self._closed:
+                return
+            failures = 0
+            while True:
+                try:
+                    with unwrap_single_exception():
+                        await nursery.start(dial)
+                except (OSError, QuicframeError) as exc:
+                    failures += 1
+                    self._reconnect_failures += 1
+                    logger.warning("reconnect attempt %d failed: %s", failures, exc)
+                    if failures > policy.max_retries:
+                        logger.error("giving up after %d failed reconnect attempts", failures)
+                        self._gave_up = exc
+                        self._link_lot.unpark_all()
+                        return
+                    await trio.sleep(policy.backoff(failures))
+                else:
+                    self._reconnects += 1
+                    logger.info("reconnected (%d failed attempts before)", failures)
+                    break
+
+    async def _close_gracefully(self) -> None:
+        self._closed = True
+        link = self._link
+        if link is not None:
+            await link.connection.aclose()
+
+
+def _wrap(layer: Interceptor, call_next: ClientCallNext) -> ClientCallNext:
+    async def step(ctx: ClientCallContext, request: Any) -> Any:
+        return await layer(ctx, request, call_next)
+
+    return step
+
+
+def _reset_error(exc: BaseException, opcode: int) -> Exception:
+    code = getattr(exc, "code", ErrorCode.UNKNOWN)
+    operation = f"opcode 0x{opcode:04x}"
+    if code < 0x100:
+        return RemoteProtocolError(
+            f"the server reset the call stream: {code_name(code)}", code=code, operation=operation
+        )
+    return RemoteError.from_wire(code, f"the server reset the call stream: {code_name(code)}")
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    host: str,
+    port: int,
+    config: ClientConfig | None = None,
+    *,
+    credentials: Mapping[str, Any] | None = None,
+    client_name: str = "quicframe",
+    client_version: str = __version__,
+    versions: Iterable[int] = SUPPORTED_VERSIONS,
+    interceptors: Iterable[Interceptor] = (),
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    heartbeat: bool = True,
+    reconnect: ReconnectPolicy | None = None,
+    idempotent: Iterable[int] = (),
+) -> AsyncIterator[Client]:
+    """Connect to a quicframe server and yield a :class:`Client`.
+
+    The QUIC handshake is followed by the session handshake (HELLO, then WELCOME
+    or REJECT) on the control stream.  Leaving the block closes the connection.
+
+    Args:
+        host: the server's name or address (also the TLS server name unless
+            ``config.server_name`` is set).
+        port: the server's UDP port.
+        config: QUIC and TLS settings (default ``ClientConfig()``).
+        credentials: sent in HELLO for the server's authenticator.
+        client_name: sent in HELLO, for the server's logs.
+        client_version: sent in HELLO.
+        versions: session protocol versions offered.
+        interceptors: ``async def (ctx, request, call_next)`` around every call,
+            outermost first.
+        max_frame_size: the largest frame accepted from the server.
+        heartbeat: send PINGs at the interval the server asks for (the round
+            trip shows in ``statistics().rtt``).
+        reconnect: re-establish a lost connection (or one the server sent
+            GOAWAY on) in the background; None: a lost connection stays lost.
+            The first connection is not retried: its failure raises here.
+        idempotent: opcodes that may safely run twice: with ``reconnect``, a call
+            to one of them that was in flight when the connection died is sent
+            again on the new connection, within its deadline.
+
+    Yields:
+        The connected client.
+
+    Raises:
+        quicframe.errors.VersionMismatch: no common protocol version.
+        quicframe.errors.Unauthorized: the server refused the credentials.
+        quicframe.errors.InsecureRejected: the server refuses unverified clients.
+        quicframe.errors.HandshakeTimeout: no QUIC handshake or no WELCOME within
+            ``config.handshake_timeout``.
+        quicframe.errors.HandshakeError: any other handshake failure.
+
+    Cancellation:
+        Cancelling during the handshake abandons it; leaving the block by an
+        exception or cancellation closes the connection at once, leaving it
+        normally closes it gracefully (NO_ERROR).
+    """
+    config = config if config is not None else ClientConfig()
+    if reconnect is None:
+        # A ClientConfig that carries a reconnect policy (see the issue's API) works too.
+        reconnect = getattr(config, "reconnect", None)
+    max_frame_size = check_max_frame_size(max_frame_size)
+    hello = Hello(
+        versions=list(versions),
+        client_name=client_name,
+        client_version=client_version,
+        credentials=dict(credentials or {}),
+        max_frame_size=max_frame_size,
+        insecure=config.insecure,
+    )
+    client = Client(
+        interceptors=interceptors,
+        max_frame_size=max_frame_size,
+        heartbeat=heartbeat,
+        reconnect=reconnect,
+        idempotent=idempotent,
+    )
+    dial = functools.partial(client._run_link, host, port, config, hello)
+    with unwrap_single_exception():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(dial)
+            if client._policy is not None:
+                nursery.start_soon(client._supervise, nursery, dial)
+            try:
+                yield client
+            except BaseException:
+                client._closed = True
+                raise
+            else:
+                with trio.move_on_after(_CLOSE_BOUND):
+                    await client._close_gracefully()
+            finally:
+                client._closed = True
+                nursery.cancel_scope.cancel()

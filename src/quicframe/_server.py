@@ -1,0 +1,716 @@
+"""The RPC server: ``serve`` / ``open_server`` run a :class:`Router` over QUIC.
+
+Per connection, a :class:`_Session` reads HELLO on the control stream, answers
+WELCOME or REJECT, then runs each call stream in a task of its own: read the
+REQUEST to its FIN, check it, run the router's pipeline in a cancel scope whose
+deadline is the caller's budget, and write RESPONSE or ERROR and FIN.  A caller
+that gives up sends STOP_SENDING; a watcher task turns that into a cancellation of
+exactly that call's scope.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final, final
+
+import trio
+
+from ._config import ServerConfig
+from ._router import CallContext, Route, Router
+from ._util import send_with_fin, unwrap_single_exception
+from .errors import (
+    ConnectionClosed,
+    ErrorCode,
+    HandshakeError,
+    LocalProtocolError,
+    RemoteError,
+    RemoteProtocolError,
+    code_name,
+)
+from .session import (
+    DEFAULT_HEARTBEAT_INTERVAL_MS,
+    DEFAULT_MAX_CONCURRENT_CALLS,
+    SUPPORTED_VERSIONS,
+    ControlChannel,
+    GoAway,
+    Hello,
+    HelloReceived,
+    OneFrameReader,
+    Reject,
+    Welcome,
+    choose_version,
+    encode_error,
+    encode_response,
+    payload_matches,
+    request_frame_untrusted,
+)
+from .transport import Connection, Listener, Stream, serve as transport_serve
+from .wire import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
+
+__all__ = ["Authenticator", "Server", "ServerStatistics", "open_server", "serve"]
+
+logger = logging.getLogger("quicframe.server")
+
+Authenticator = Callable[[Hello, Connection], Awaitable[str | None]]
+"""``async def authenticator(hello, connection) -> principal``: raise
+:class:`quicframe.errors.Unauthorized` (or another HandshakeError) to refuse."""
+
+# How long a server that sent REJECT waits for the client to read it and close.
+_REJECT_LINGER: Final = 2.0
+# How long closing one connection at shutdown may wait for acknowledgements.
+_CLOSE_BOUND: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    authenticator: Authenticator | None
+    versions: tuple[int, ...]
+    allow_insecure: bool
+    max_concurrent_calls: int
+    heartbeat_interval: float
+    max_frame_size: int
+    handshake_timeout: float
+    shutdown_grace_period: float
+    server_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStatistics:
+    """A snapshot of a server.
+
+    Attributes:
+        connections: sessions currently established.
+        calls_in_flight: calls being handled now.
+        calls_completed: calls answered with RESPONSE.
+        calls_failed: calls answered with ERROR (or reset), by code name.
+        handshakes_rejected: HELLOs answered with REJECT.
+    """
+
+    connections: int
+    calls_in_flight: int
+    calls_completed: int
+    calls_failed: dict[str, int]
+    handshakes_rejected: int
+
+
+@final
+class Server:
+    """A running RPC server: what ``serve`` hands to ``task_status.started``.
+
+    Never constructed by users.
+    """
+
+    def __init__(self, router: Router, options: _Options) -> None:
+        self._router = router
+        self._options = options
+        self._listener: Listener | None = None
+        self._cancel_scope = trio.CancelScope()
+        self._sessions: set[_Session] = set()
+        self._closing = False
+        self._drain_lot = trio.lowlevel.ParkingLot()
+        self._id_prefix = os.urandom(4).hex()
+        self._id_counter = itertools.count(1)
+        self._in_flight = 0
+        self._completed = 0
+        self._failed: dict[str, int] = {}
+        self._rejected = 0
+
+    @property
+    def port(self) -> int:
+        """The bound UDP port (useful after binding port 0)."""
+        assert self._listener is not None
+        return self._listener.port
+
+    @property
+    def address(self) -> Any:
+        """The bound socket address."""
+        assert self._listener is not None
+        return self._listener.address
+
+    @property
+    def router(self) -> Router:
+        return self._router
+
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`aclose` began: no new calls are accepted."""
+        return self._closing
+
+    def statistics(self) -> ServerStatistics:
+        """A snapshot of the server's counters."""
+        return ServerStatistics(
+            connections=len(self._sessions),
+            calls_in_flight=self._in_flight,
+            calls_completed=self._completed,
+            calls_failed=dict(self._failed),
+            handshakes_rejected=self._rejected,
+        )
+
+    async def aclose(self) -> None:
+        """Shut down gracefully: GOAWAY, drain, close, stop listening.
+
+        Every connection gets GOAWAY on its control stream; calls arriving after it
+        are answered UNAVAILABLE; calls in flight may finish within the
+        ``shutdown_grace_period`` given to ``serve``; then every connection is
+        closed with NO_ERROR and ``serve`` returns.  Calling it again is a no-op.
+
+        Raises:
+            Nothing but trio.Cancelled.
+
+        Cancellation:
+            A cancelled ``aclose`` stops draining: the remaining calls are
+            cancelled and ``serve`` stops at once.
+        """
+        if self._closing:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closing = True
+        grace = self._options.shutdown_grace_period
+        try:
+            for session in list(self._sessions):
+                await session.send_goaway(grace)
+            with trio.move_on_after(grace):
+                while self._in_flight:
+                    await self._drain_lot.park()
+            for session in list(self._sessions):
+                with trio.move_on_after(_CLOSE_BOUND):
+                    await session.connection.aclose()
+        finally:
+            self._cancel_scope.cancel()
+
+    # -- internals ------------------------------------------------------------
+
+    def _new_request_id(self) -> str:
+        return f"s{self._id_prefix}-{next(self._id_counter)}"
+
+    def _count(self, code: int) -> None:
+        if code == ErrorCode.NO_ERROR:
+            self._completed += 1
+        else:
+            name = code_name(code)
+            self._failed[name] = self._failed.get(name, 0) + 1
+
+    async def _handle_connection(self, connection: Connection) -> None:
+        session = _Session(self, connection)
+        try:
+            await session.run()
+        finally:
+            self._sessions.discard(session)
+
+
+class _CallState:
+    __slots__ = ("peer_cancelled",)
+
+    def __init__(self) -> None:
+        self.peer_cancelled = False
+
+
+_TERMINAL_ERRORS: Final = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class _Session:
+    """One client connection after its QUIC handshake."""
+
+    def __init__(self, server: Server, connection: Connection) -> None:
+        self.server = server
+        self.connection = connection
+        self._options = server._options
+        self._router = server._router
+        self._channel = ControlChannel(client=False, max_frame_size=self._options.max_frame_size)
+        self._control: Stream | None = None
+        self._control_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self._principal: str | None = None
+        self._peer_max_frame_size = DEFAULT_MAX_FRAME_SIZE
+        self._in_flight = 0
+
+    async def run(self) -> None:
+        connection = self.connection
+        with trio.move_on_after(self._options.handshake_timeout) as scope:
+            accepted = await self._handshake()
+        if scope.cancelled_caught:
+            logger.info("no HELLO from %s in time", connection.remote_address)
+            await connection.aclose(ErrorCode.HANDSHAKE_TIMEOUT, "no HELLO in time")
+            return
+        if not accepted:
+            return
+        self.server._sessions.add(self)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._control_loop)
+            while True:
+                try:
+                    stream = await connection.accept_stream()
+                except _TERMINAL_ERRORS:
+                    break
+                nursery.start_soon(self._run_call, stream)
+            nursery.cancel_scope.cancel()
+
+    # -- handshake ------------------------------------------------------------
+
+    async def _handshake(self) -> bool:
+        connection = self.connection
+        channel = self._channel
+        try:
+            stream = await connection.accept_stream()
+            self._control = stream
+            if stream.stream_id != 0:
+                await connection.aclose(
+                    ErrorCode.PROTOCOL_ERROR, "stream 0 must be the control stream"
+                )
+                return False
+            hello: Hello | None = None
+            while hello is None:
+                data = await stream.receive_some()
+                if not data:
+                    channel.receive_eof()
+                    await connection.aclose(ErrorCode.HANDSHAKE_FAILED, "no HELLO")
+                    return False
+                for event in channel.receive_data(data):
+                    if isinstance(event, HelloReceived):
+                        hello = event.hello
+        except RemoteProtocolError as exc:
+            logger.warning("bad HELLO from %s: %s", connection.remote_address, exc)
+            await connection.aclose(exc.code, exc.message[:200])
+            return False
+        except _TERMINAL_ERRORS:
+            return False
+
+        options = self._options
+        reject: Reject | None = None
+        version = choose_version(hello.versions, options.versions)
+        if version is None:
+            reject = Reject(
+                ErrorCode.VERSION_MISMATCH,
+                f"no common protocol version: client offers {hello.versions}, "
+                f"server speaks {list(options.versions)}",
+                list(options.versions),
+            )
+        elif hello.insecure and not options.allow_insecure:
+            reject = Reject(
+                ErrorCode.INSECURE, "this server refuses clients that skip verification"
+            )
+        elif options.authenticator is not None:
+            try:
+                self._principal = await options.authenticator(hello, connection)
+            except HandshakeError as exc:
+                reject = Reject(exc.code, exc.message or "credentials refused")
+            except Exception:
+                logger.exception("the authenticator failed for %s", connection.remote_address)
+                reject = Reject(ErrorCode.HANDSHAKE_FAILED, "authentication failed")
+        if reject is not None:
+            await self._reject(stream, reject)
+            return False
+        try:
+            self._peer_max_frame_size = check_max_frame_size(hello.max_frame_size)
+        except Exception:
+            self._peer_max_frame_size = DEFAULT_MAX_FRAME_SIZE
+        assert version is not None
+        channel.send_welcome(
+            Welcome(
+                version=version,
+                max_frame_size=options.max_frame_size,
+                max_concurrent_calls=options.max_concurrent_calls,
+                heartbeat_interval_ms=round(options.heartbeat_interval * 1000),
+                server_name=options.server_name,
+                principal=self._principal,
+            )
+        )
+        try:
+            await stream.send_all(channel.data_to_send())
+        except _TERMINAL_ERRORS:
+            return False
+        return True
+
+    async def _reject(self, stream: Stream, reject: Reject) -> None:
+        connection = self.connection
+        self.server._rejected += 1
+        logger.info(
+            "rejected %s: %s %s", connection.remote_address, code_name(reject.code), reject.reason
+        )
+        self._channel.send_reject(reject)
+        try:
+            await stream.send_all(self._channel.data_to_send())
+            await stream.send_eof()
+            # The client closes the connection once it has read REJECT; wait for
+            # that (bounded) so our close does not overtake the REJECT.
+            with trio.move_on_after(_REJECT_LINGER):
+                while await stream.receive_some():
+                    pass
+        except _TERMINAL_ERRORS:
+            pass
+        await connection.aclose(reject.code, reject.reason[:200])
+
+    # -- control stream -------------------------------------------------------
+
+    async def _control_loop(self) -> None:
+        stream = self._control
+        assert stream is not None
+        channel = self._channel
+        try:
+            while data := await stream.receive_some():
+                channel.receive_data(data)  # PINGs are answered by the channel
+                reply = channel.data_to_send()
+                if reply:
+                    async with self._control_lock:
+                        await stream.send_all(reply)
+            channel.receive_eof()
+        except RemoteProtocolError as exc:
+            logger.warning(
+                "protocol error on the control stream of %s: %s",
+                self.connection.remote_address,
+                exc,
+            )
+            await self.connection.aclose(exc.code, exc.message[:200])
+        except _TERMINAL_ERRORS:
+            pass
+
+    async def send_goaway(self, grace: float) -> None:
+        stream = self._control
+        if stream is None or self._channel.state != "established":
+            return
+        self._channel.send_goaway(
+            GoAway(
+                code=ErrorCode.GOING_AWAY,
+                reason="server shutting down",
+                grace_period_ms=round(grace * 1000),
+            )
+        )
+        try:
+            async with self._control_lock:
+                await stream.send_all(self._channel.data_to_send())
+        except _TERMINAL_ERRORS:
+            pass
+
+    # -- calls ----------------------------------------------------------------
+
+    async def _run_call(self, stream: Stream) -> None:
+        finished = False
+        try:
+            await self._serve_call(stream)
+            # Every way out of _serve_call ends both directions (FIN or reset after
+            # the request's FIN), so the transport has already let the stream go.
+            finished = True
+        except _TERMINAL_ERRORS:
+            pass  # the caller or the connection went away: nobody to answer
+        finally:
+            if not finished:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+
+    async def _serve_call(self, stream: Stream) -> None:
+        reader = OneFrameReader(max_frame_size=self._options.max_frame_size)
+        try:
+            while data := await stream.receive_some():
+                reader.feed(data)
+            frame = request_frame_untrusted(reader.feed_eof())
+        except RemoteProtocolError as exc:
+            logger.warning(
+                "protocol error on call stream %d from %s: %s",
+                stream.stream_id,
+                self.connection.remote_address,
+                exc,
+            )
+            stream.reset(exc.code)
+            stream.stop_sending(exc.code)
+            return
+        received_at = trio.current_time()
+        server = self.server
+        metadata = frame.metadata
+        opcode = frame.opcode
+        request_id = metadata.request_id or server._new_request_id()
+        budget = metadata.deadline_budget_ns
+        deadline = math.inf if budget is None else received_at + budget / 1e9
+        route = self._router.route(opcode)
+        scope = trio.CancelScope(deadline=deadline)
+        ctx = CallContext(
+            opcode=opcode,
+            request_id=request_id,
+            sla_class=metadata.sla_class,
+            deadline=deadline,
+            budget_ns=budget,
+            principal=self._principal,
+            metadata=metadata,
+            peer_address=self.connection.remote_address,
+            received_at=received_at,
+            cancel_scope=scope,
+            route_name=None if route is None else route.name,
+        )
+        log_extra = {"request_id": request_id, "opcode": opcode}
+
+        async def fail(code: int, message: str, details: dict[str, Any] | None = None) -> None:
+            server._count(code)
+            await send_with_fin(
+                stream, encode_error(opcode, code, message, details, request_id=request_id)
+            )
+
+        if not payload_matches(frame):
+            logger.warning(
+                "call %s (opcode 0x%04x): payload digest mismatch",
+                request_id,
+                opcode,
+                extra=log_extra,
+            )
+            await fail(ErrorCode.INTEGRITY_MISMATCH, "the body does not match PAYLOAD_SHA256")
+            return
+        if server._closing or self._channel.goaway is not None:
+            # Not run: the caller may send it again elsewhere (PROTOCOL.md 7.4).
+            await fail(ErrorCode.UNAVAILABLE, "the server is shutting down", {"draining": True})
+            return
+        if route is None:
+            await fail(ErrorCode.NOT_FOUND, f"unknown opcode 0x{opcode:04x}")
+            return
+        if self._in_flight >= self._options.max_concurrent_calls:
+            await fail(ErrorCode.RESOURCE_EXHAUSTED, "too many concurrent calls on this connection")
+            return
+        try:
+            request = route.request_codec.decode(frame.body)
+        except RemoteProtocolError as exc:
+            logger.warning("call %s: %s", request_id, exc, extra=log_extra)
+            server._count(exc.code)
+            stream.reset(exc.code)
+            stream.stop_sending(exc.code)
+            return
+        await self._run_handler(stream, route, ctx, request, log_extra)
+
+    async def _run_handler(
+        self,
+        stream: Stream,
+        route: Route,
+        ctx: CallContext,
+        request: Any,
+        log_extra: dict[str, Any],
+    ) -> None:
+        server = self.server
+        scope = ctx.cancel_scope
+        assert scope is not None
+        assert self._nursery is not None
+        state = _CallState()
+        watcher = trio.CancelScope()
+        self._nursery.start_soon(self._watch_caller, stream, scope, watcher, state)
+        pipeline = self._router.pipeline(route)
+        self._in_flight += 1
+        server._in_flight += 1
+        result: Any = None
+        error: tuple[int, str, dict[str, Any]] | None = None
+        try:
+            with scope:
+                try:
+                    result = await pipeline(ctx, request)
+                except RemoteError as exc:
+                    error = (exc.code, exc.message, exc.details)
+                except Exception as exc:
+                    logger.exception(
+                        "call %s (opcode 0x%04x, %s) failed",
+                        ctx.request_id,
+                        ctx.opcode,
+                        route.name,
+                        extra=log_extra,
+                    )
+                    error = (ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}", {})
+        finally:
+            watcher.cancel()
+            self._in_flight -= 1
+            server._in_flight -= 1
+            server._drain_lot.unpark_all()
+        if scope.cancelled_caught:
+            if state.peer_cancelled:
+                server._count(ErrorCode.CANCELLED)
+                logger.debug("call %s cancelled by the caller", ctx.request_id, extra=log_extra)
+                stream.reset(ErrorCode.CANCELLED)
+                return
+            budget_ms = (ctx.deadline - ctx.received_at) * 1000
+            error = (
+                ErrorCode.DEADLINE_EXCEEDED,
+                f"the deadline ran out after {budget_ms:.1f} ms",
+                {},
+            )
+        if error is None:
+            try:
+                body = route.response_codec.encode(result)
+                reply = encode_response(
+                    ctx.opcode,
+                    body,
+                    request_id=ctx.request_id,
+                    integrity=ctx.metadata.payload_sha256 is not None,
+                    max_frame_size=self._peer_max_frame_size,
+                )
+            except LocalProtocolError as exc:
+                logger.error(
+                    "call %s: cannot send the response: %s", ctx.request_id, exc, extra=log_extra
+                )
+                error = (ErrorCode.INTERNAL, f"the response cannot be sent: {exc.message}", {})
+            else:
+                server._count(ErrorCode.NO_ERROR)
+                await send_with_fin(stream, reply)
+                return
+        code, message, details = error
+        server._count(code)
+        await send_with_fin(
+            stream, encode_error(ctx.opcode, code, message, details, request_id=ctx.request_id)
+        )
+
+    async def _watch_caller(
+        self, stream: Stream, scope: trio.CancelScope, watcher: trio.CancelScope, state: _CallState
+    ) -> None:
+        with watcher:
+            try:
+                await stream.wait_stopped()
+            except _TERMINAL_ERRORS:
+                return
+            state.peer_cancelled = True
+            scope.cancel()
+
+
+def _options(
+    *,
+    authenticator: Authenticator | None,
+    versions: Iterable[int],
+    allow_insecure: bool,
+    max_concurrent_calls: int,
+    heartbeat_interval: float,
+    max_frame_size: int,
+    handshake_timeout: float,
+    shutdown_grace_period: float,
+    server_name: str,
+) -> _Options:
+    versions = tuple(versions)
+    if not versions:
+        raise ValueError("versions must name at least one protocol version")
+    if max_concurrent_calls < 1:
+        raise ValueError("max_concurrent_calls must be at least 1")
+    if handshake_timeout <= 0 or shutdown_grace_period < 0 or heartbeat_interval < 0:
+        raise ValueError("timeouts must be positive")
+    return _Options(
+        authenticator=authenticator,
+        versions=versions,
+        allow_insecure=allow_insecure,
+        max_concurrent_calls=max_concurrent_calls,
+        heartbeat_interval=heartbeat_interval,
+        max_frame_size=check_max_frame_size(max_frame_size),
+        handshake_timeout=handshake_timeout,
+        shutdown_grace_period=shutdown_grace_period,
+        server_name=server_name,
+    )
+
+
+async def serve(
+    router: Router,
+    host: str,
+    port: int,
+    config: ServerConfig,
+    *,
+    authenticator: Authenticator | None = None,
+    versions: Iterable[int] = SUPPORTED_VERSIONS,
+    allow_insecure: bool = True,
+    max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL_MS / 1000,
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    handshake_timeout: float = 10.0,
+    shutdown_grace_period: float = 5.0,
+    server_name: str = "quicframe",
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``router`` on ``host``:``port`` until cancelled or ``Server.aclose()``.
+
+    Args:
+        router: the operations to serve.
+        host: local address to bind.
+        port: local UDP port; 0 picks a free one (see ``Server.port``).
+        config: QUIC and TLS settings (certificate, limits).
+        authenticator: ``async def (hello, connection) -> principal``; raise
+            :class:`quicframe.errors.Unauthorized` to refuse the client.
+        versions: session protocol versions offered.
+        allow_insecure: accept clients that skip certificate verification.
+        max_concurrent_calls: calls run at once per connection; more are answered
+            RESOURCE_EXHAUSTED.
+        heartbeat_interval: the PING period asked of clients, seconds (0: none).
+        max_frame_size: the largest frame accepted.
+        handshake_timeout: how long a connection may take to send HELLO.
+        shutdown_grace_period: how long :meth:`Server.aclose` lets calls finish.
+        server_name: sent in WELCOME, for the client's logs.
+        task_status: receives the :class:`Server` once the socket is bound.
+
+    Raises:
+        OSError: the address could not be bound.
+        ValueError: an option is out of range.
+
+    Cancellation:
+        Cancelling ``serve`` cancels every call in flight (their callers see the
+        connection close with GOING_AWAY); use ``Server.aclose()`` to drain first.
+    """
+    options = _options(
+        authenticator=authenticator,
+        versions=versions,
+        allow_insecure=allow_insecure,
+        max_concurrent_calls=max_concurrent_calls,
+        heartbeat_interval=heartbeat_interval,
+        max_frame_size=max_frame_size,
+        handshake_timeout=handshake_timeout,
+        shutdown_grace_period=shutdown_grace_period,
+        server_name=server_name,
+    )
+    server = Server(router, options)
+    with unwrap_single_exception(), server._cancel_scope:
+        async with trio.open_nursery() as nursery:
+            server._listener = await nursery.start(
+                transport_serve, host, port, config, server._handle_connection
+            )
+            task_status.started(server)
+
+
+@contextlib.asynccontextmanager
+async def open_server(
+    router: Router,
+    host: str,
+    port: int,
+    config: ServerConfig,
+    **options: Any,
+) -> AsyncIterator[Server]:
+    """Run :func:`serve` for the duration of an ``async with`` block.
+
+    Takes the same arguments as :func:`serve`.  Leaving the block normally shuts
+    the server down gracefully (:meth:`Server.aclose`: GOAWAY, then the calls in
+    flight drain); leaving it by an exception stops it at once.
+
+    Yields:
+        The running :class:`Server`.
+
+    Raises:
+        OSError: the address could not be bound.
+
+    Cancellation:
+        Cancelling the block (or the graceful shutdown at its end) cancels the
+        calls in flight and stops the server at once.
+    """
+    with unwrap_single_exception():
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(
+                _serve_with_options, router, host, port, config, options
+            )
+            try:
+                yield server
+            except BaseException:
+                # Failing or cancelled: stop at once rather than drain.
+                server._cancel_scope.cancel()
+                raise
+            else:
+                await server.aclose()
+
+
+async def _serve_with_options(
+    router: Router,
+    host: str,
+    port: int,
+    config: ServerConfig,
+    options: dict[str, Any],
+    *,
+    task_status: trio.TaskStatus[Server],
+) -> None:
+    await serve(router, host, port, config, task_status=task_status, **options)

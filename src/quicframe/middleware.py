@@ -1,0 +1,176 @@
+"""Built-in server middleware: logging, authentication, concurrency limits, deadline caps.
+
+Each function here returns a middleware for :meth:`quicframe.Router.use` (or the
+``middleware=`` argument of :class:`quicframe.Router`): an
+``async def middleware(ctx, request, call_next)`` that runs around the handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import trio
+
+from ._router import CallContext, CallNext, Middleware
+from .errors import (
+    DeadlineExceeded,
+    ErrorCode,
+    PermissionDenied,
+    QuicframeError,
+    ResourceExhausted,
+    Unauthenticated,
+    code_name,
+)
+
+__all__ = ["cap_deadline", "limit_concurrency", "log_calls", "require_principal"]
+
+
+def log_calls(logger: logging.Logger | None = None, *, level: int = logging.INFO) -> Middleware:
+    """Log one structured record per call: request id, opcode, status and latency.
+
+    The record's message names them all, and its ``extra`` attributes
+    ``request_id``, ``opcode``, ``status``, ``latency_ms`` and ``principal`` carry
+    them for structured handlers.
+
+    Args:
+        logger: where to log (default ``logging.getLogger("quicframe.calls")``).
+        level: the level of records for calls that succeeded; failures log at
+            WARNING (or ERROR for INTERNAL).
+    """
+    log = logger if logger is not None else logging.getLogger("quicframe.calls")
+
+    async def middleware(ctx: CallContext, request: Any, call_next: CallNext) -> Any:
+        start = trio.current_time()
+        status = "OK"
+        try:
+            return await call_next(ctx, request)
+        except QuicframeError as exc:
+            status = exc.code_name
+            raise
+        except trio.Cancelled:
+            expired = ctx.deadline != math.inf and trio.current_time() >= ctx.deadline
+            status = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
+            raise
+        except Exception:
+            status = code_name(ErrorCode.INTERNAL)
+            raise
+        finally:
+            latency_ms = (trio.current_time() - start) * 1000
+            record_level = level
+            if status == "INTERNAL":
+                record_level = logging.ERROR
+            elif status != "OK":
+                record_level = max(level, logging.WARNING)
+            log.log(
+                record_level,
+                "call %s opcode=0x%04x status=%s latency_ms=%.3f",
+                ctx.request_id,
+                ctx.opcode,
+                status,
+                latency_ms,
+                extra={
+                    "request_id": ctx.request_id,
+                    "opcode": ctx.opcode,
+                    "status": status,
+                    "latency_ms": latency_ms,
+                    "principal": ctx.principal,
+                },
+            )
+
+    return middleware
+
+
+def require_principal(
+    check: Callable[[CallContext], bool] | None = None, *, opcodes: Iterable[int] | None = None
+) -> Middleware:
+    """Refuse calls without an authenticated principal (UNAUTHENTICATED), and calls
+    that ``check(ctx)`` refuses (PERMISSION_DENIED).
+
+    Args:
+        check: an authorisation predicate run once a principal is known.
+        opcodes: only guard these operations (default: all).
+    """
+    guarded = None if opcodes is None else frozenset(opcodes)
+
+    async def middleware(ctx: CallContext, request: Any, call_next: CallNext) -> Any:
+        if guarded is None or ctx.opcode in guarded:
+            if ctx.principal is None:
+                raise Unauthenticated("this operation needs an authenticated client")
+            if check is not None and not check(ctx):
+                raise PermissionDenied(f"{ctx.principal} may not call opcode 0x{ctx.opcode:04x}")
+        return await call_next(ctx, request)
+
+    return middleware
+
+
+def limit_concurrency(
+    limits: Mapping[int, int], *, default: int | None = None, wait: bool = False
+) -> Middleware:
+    """Run at most ``limits[opcode]`` calls of each operation at once (per server).
+
+    Args:
+        limits: opcode -> calls allowed at once.
+        default: the limit of the other operations (None: unlimited).
+        wait: queue calls over the limit (bounded by their deadlines) instead of
+            refusing them at once with RESOURCE_EXHAUSTED.
+    """
+    limiters = {opcode: trio.CapacityLimiter(n) for opcode, n in limits.items()}
+    shared_default: dict[int, trio.CapacityLimiter] = {}
+
+    def limiter_for(opcode: int) -> trio.CapacityLimiter | None:
+        limiter = limiters.get(opcode)
+        if limiter is None and default is not None:
+            limiter = shared_default.get(opcode)
+            if limiter is None:
+                limiter = shared_default[opcode] = trio.CapacityLimiter(default)
+        return limiter
+
+    async def middleware(ctx: CallContext, request: Any, call_next: CallNext) -> Any:
+        limiter = limiter_for(ctx.opcode)
+        if limiter is None:
+            return await call_next(ctx, request)
+        # Each call is its own task, so the task is the borrower.
+        if not wait:
+            try:
+                limiter.acquire_nowait()
+            except trio.WouldBlock:
+                raise ResourceExhausted(
+                    f"opcode 0x{ctx.opcode:04x} is at its limit of "
+                    f"{int(limiter.total_tokens)} concurrent calls",
+                    details={"limit": int(limiter.total_tokens)},
+                ) from None
+        else:
+            await limiter.acquire()
+        try:
+            return await call_next(ctx, request)
+        finally:
+            limiter.release()
+
+    return middleware
+
+
+def cap_deadline(seconds: float | Mapping[int, float]) -> Middleware:
+    """Shorten every call's deadline to at most ``seconds`` from its arrival.
+
+    A call that runs past the cap is cancelled and answered DEADLINE_EXCEEDED,
+    exactly as if the caller had sent that budget.
+
+    Args:
+        seconds: one cap for all operations, or opcode -> cap (others uncapped).
+    """
+
+    async def middleware(ctx: CallContext, request: Any, call_next: CallNext) -> Any:
+        cap = seconds if not isinstance(seconds, Mapping) else seconds.get(ctx.opcode)
+        if cap is not None:
+            deadline = ctx.received_at + cap
+            if deadline < ctx.deadline:
+                ctx.deadline = deadline
+                if ctx.cancel_scope is None:
+                    raise DeadlineExceeded("no cancel scope to cap")  # pragma: no cover
+                ctx.cancel_scope.deadline = deadline
+        return await call_next(ctx, request)
+
+    return middleware

@@ -1,0 +1,151 @@
+"""Fixtures for the session tests: a throwaway certificate, configs, and helpers.
+
+Every test runs over real loopback UDP (127.0.0.1, port 0), has a deadline on
+trio's clock (``@deadline``), and never sleeps to wait for something.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import ipaddress
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from quicframe import ClientConfig, ServerConfig
+from quicframe.session import (
+    SUPPORTED_VERSIONS,
+    ControlChannel,
+    Hello,
+    OneFrameReader,
+    WelcomeReceived,
+)
+from quicframe.transport import Connection, Stream, connect as transport_connect
+from quicframe.wire import Frame
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def deadline(seconds: float) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Fail the decorated async test if it runs longer than ``seconds`` (trio's clock)."""
+
+    def decorate(test: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(test)
+        async def bounded(*args: P.args, **kwargs: P.kwargs) -> R:
+            with trio.fail_after(seconds):
+                return await test(*args, **kwargs)
+
+        return bounded
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class Certificate:
+    path: Path
+    key_path: Path
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    """A self-signed P-256 certificate valid for localhost and 127.0.0.1."""
+    folder = tmp_path_factory.mktemp("session-certs")
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path = folder / "cert.pem"
+    key_path = folder / "key.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return Certificate(path, key_path)
+
+
+@pytest.fixture
+def server_config(certificate: Certificate) -> ServerConfig:
+    return ServerConfig(
+        certificate=certificate.path, private_key=certificate.key_path, idle_timeout=10.0
+    )
+
+
+@pytest.fixture
+def client_config(certificate: Certificate) -> ClientConfig:
+    return ClientConfig(
+        ca_file=certificate.path, server_name="localhost", idle_timeout=10.0, handshake_timeout=5.0
+    )
+
+
+@contextlib.asynccontextmanager
+async def raw_session(
+    port: int, config: ClientConfig, hello: Hello | None = None
+) -> AsyncIterator[Connection]:
+    """A QUIC connection that went through HELLO/WELCOME by hand, for sending raw frames."""
+    async with transport_connect("127.0.0.1", port, config) as connection:
+        control = await connection.open_stream()
+        channel = ControlChannel(client=True)
+        channel.send_hello(hello or Hello(versions=list(SUPPORTED_VERSIONS)))
+        await control.send_all(channel.data_to_send())
+        welcomed = False
+        while not welcomed:
+            data = await control.receive_some()
+            assert data, "the server ended the control stream"
+            welcomed = any(isinstance(e, WelcomeReceived) for e in channel.receive_data(data))
+        yield connection
+
+
+async def raw_call(connection: Connection, frame: bytes) -> Frame:
+    """Send one raw frame and FIN on a new stream; return the reply frame."""
+    stream = await connection.open_stream()
+    await stream.send_all(frame)
+    await stream.send_eof()
+    reader = OneFrameReader()
+    while data := await stream.receive_some():
+        reader.feed(data)
+    await stream.aclose()
+    return reader.feed_eof()
+
+
+async def read_to_end(stream: Stream) -> bytes:
+    """Read a stream to its FIN."""
+    chunks = []
+    while data := await stream.receive_some():
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def plain(value: Any) -> Any:
+    """Identity, typed as Any: for asserting on untyped call results."""
+    return value

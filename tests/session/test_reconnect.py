@@ -1,0 +1,217 @@
+"""Reconnect: a lost connection is re-established in the background, bounded by policy."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+import trio
+
+import quicframe
+from quicframe import ClientConfig, ReconnectPolicy, ServerConfig
+from quicframe.errors import ConnectionLost
+
+from .conftest import deadline
+
+WHO, HOLD = 0x01, 0x02
+FAST = ReconnectPolicy(max_retries=3, initial_backoff=0.02, max_backoff=0.1, jitter=0.1)
+
+
+def make_router(name: str, hold: trio.Event | None = None) -> quicframe.Router:
+    router = quicframe.Router()
+
+    @router.rpc(WHO)
+    async def who(request: Any, ctx: quicframe.CallContext) -> Any:
+        return name
+
+    @router.rpc(HOLD)
+    async def held(request: Any, ctx: quicframe.CallContext) -> Any:
+        if hold is not None:
+            hold.set()
+            await trio.sleep_forever()
+        return name
+
+    return router
+
+
+@dataclasses.dataclass
+class RunningServer:
+    server: quicframe.Server
+    scope: trio.CancelScope
+    stopped: trio.Event
+
+    async def kill(self) -> None:
+        """Stop abruptly (every connection closed with GOING_AWAY, no GOAWAY frame)."""
+        self.scope.cancel()
+        await self.stopped.wait()
+
+
+async def start_server(
+    nursery: trio.Nursery, router: quicframe.Router, port: int, config: ServerConfig
+) -> RunningServer:
+    scope = trio.CancelScope()
+    stopped = trio.Event()
+
+    async def run(*, task_status: trio.TaskStatus[quicframe.Server]) -> None:
+        try:
+            with scope:
+                await quicframe.serve(router, "127.0.0.1", port, config, task_status=task_status)
+        finally:
+            stopped.set()
+
+    server = await nursery.start(run)
+    return RunningServer(server, scope, stopped)
+
+
+@pytest.fixture
+def fast_client_config(client_config: ClientConfig) -> ClientConfig:
+    return dataclasses.replace(client_config, handshake_timeout=0.3)
+
+
+@deadline(15)
+async def test_reconnects_after_the_server_restarts_on_the_same_port(
+    server_config: ServerConfig, fast_client_config: ClientConfig
+) -> None:
+    async with trio.open_nursery() as nursery:
+        first = await start_server(nursery, make_router("first"), 0, server_config)
+        port = first.server.port
+        async with quicframe.connect(
+            "127.0.0.1", port, fast_client_config, reconnect=FAST
+        ) as client:
+            assert await client.call(WHO, None) == "first"
+            old_connection = client.connection
+            await first.kill()
+            # A call made before the client has read the CONNECTION_CLOSE would be in
+            # flight on a dead connection (and fail with ConnectionLost, as it should):
+            # wait for the client to notice the loss first.
+            await client._current.unusable.wait()
+            second = await start_server(nursery, make_router("second"), port, server_config)
+            # The call waits for the background reconnect, within its deadline.
+            with trio.fail_after(5):
+                assert await client.call(WHO, None) == "second"
+            assert client.connection is not old_connection
+            stats = client.statistics()
+            assert stats.reconnects == 1
+            assert stats.reconnect_failures <= FAST.max_retries
+            await second.kill()
+
+
+@deadline(15)
+async def test_retries_are_bounded_by_the_policy(
+    server_config: ServerConfig, fast_client_config: ClientConfig
+) -> None:
+    policy = ReconnectPolicy(max_retries=2, initial_backoff=0.01, max_backoff=0.02, jitter=0)
+    async with trio.open_nursery() as nursery:
+        only = await start_server(nursery, make_router("only"), 0, server_config)
+        async with quicframe.connect(
+            "127.0.0.1", only.server.port, fast_client_config, reconnect=policy
+        ) as client:
+            assert await client.call(WHO, None) == "only"
+            await only.kill()
+            await client._current.unusable.wait()
+            with pytest.raises(ConnectionLost):
+                await client.call(WHO, None)
+            stats = client.statistics()
+            assert stats.reconnects == 0
+            assert stats.reconnect_failures == policy.max_retries + 1
+
+
+@deadline(15)
+async def test_idempotent_call_in_flight_is_retried_on_the_new_connection(
+    server_config: ServerConfig, fast_client_config: ClientConfig
+) -> None:
+    holding = trio.Event()
+    async with trio.open_nursery() as nursery:
+        first = await start_server(nursery, make_router("first", holding), 0, server_config)
+        port = first.server.port
+        async with quicframe.connect(
+            "127.0.0.1", port, fast_client_config, reconnect=FAST, idempotent=[HOLD]
+        ) as client:
+            results: list[Any] = []
+            lost: list[BaseException] = []
+
+            async def idempotent_call() -> None:
+                with trio.fail_after(5):
+                    results.append(await client.call(HOLD, None))
+
+            async def other_call() -> None:
+                try:
+                    await client.call(WHO + 0x10, None)  # not idempotent: fails
+                except ConnectionLost as exc:
+                    lost.append(exc)
+
+            async with trio.open_nursery() as calls:
+                calls.start_soon(idempotent_call)
+                await holding.wait()
+                await first.kill()
+                await start_server(nursery, make_router("second"), port, server_config)
+            assert results == ["second"]
+            assert client.statistics().retries == 1
+            assert not lost
+            nursery.cancel_scope.cancel()
+
+
+@deadline(15)
+async def test_goaway_moves_new_calls_to_a_new_connection(
+    server_config: ServerConfig, fast_client_config: ClientConfig
+) -> None:
+    holding = trio.Event()
+    release = trio.Event()
+    router = quicframe.Router()
+
+    @router.rpc(HOLD)
+    async def held(request: Any, ctx: quicframe.CallContext) -> Any:
+        holding.set()
+        await release.wait()
+        return "drained"
+
+    @router.rpc(WHO)
+    async def who(request: Any, ctx: quicframe.CallContext) -> Any:
+        return "fresh"
+
+    async with trio.open_nursery() as nursery:
+        old = await start_server(nursery, router, 0, server_config)
+        async with quicframe.connect(
+            "127.0.0.1", old.server.port, fast_client_config, reconnect=FAST
+        ) as client:
+            results: list[Any] = []
+
+            async def in_flight() -> None:
+                results.append(await client.call(HOLD, None))
+
+            nursery.start_soon(in_flight)
+            await holding.wait()
+            first_connection = client.connection
+            # GOAWAY from this server, but the same server keeps listening: the
+            # client dials again while the old connection drains.
+            for session in list(old.server._sessions):
+                await session.send_goaway(5.0)
+            assert await client.call(WHO, None) == "fresh"
+            assert client.connection is not first_connection
+            release.set()
+            while not results:
+                await trio.testing.wait_all_tasks_blocked()
+                await client.ping()
+            assert results == ["drained"]
+            assert client.statistics().reconnects == 1
+        old.scope.cancel()
+
+
+def test_backoff_grows_caps_and_jitters() -> None:
+    import random
+
+    policy = ReconnectPolicy(max_retries=10, initial_backoff=0.1, max_backoff=1.0, jitter=0)
+    assert [policy.backoff(n) for n in (1, 2, 3, 4, 5, 9)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    jittery = ReconnectPolicy(initial_backoff=1.0, max_backoff=1.0, jitter=0.25)
+    rng = random.Random(7)
+    waits = [jittery.backoff(1, rng) for _ in range(200)]
+    assert all(0.75 <= w <= 1.25 for w in waits)
+    assert max(waits) - min(waits) > 0.25
+    for bad in (
+        {"max_retries": -1},
+        {"initial_backoff": 2.0, "max_backoff": 1.0},
+        {"jitter": 1.5},
+    ):
+        with pytest.raises(ValueError, match=r"must be|need"):
+            ReconnectPolicy(**bad)
