@@ -74,6 +74,10 @@ class _CommonConfig:
         from aioquic.quic.configuration import QuicConfiguration
         from aioquic.quic.logger import QuicFileLogger
 
+        if self.congestion_control == "bbr":
+            from .congestion import ensure_registered  # registers "bbr" with aioquic
+
+            ensure_registered()
         if secrets_log is None and not isinstance(self.secrets_log_file, str | os.PathLike):
             secrets_log = self.secrets_log_file
         return QuicConfiguration(
