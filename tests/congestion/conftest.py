@@ -6,20 +6,15 @@ Both configs select ``congestion_control="bbr"``.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from quicframe import ClientConfig, ServerConfig
+from quicframe.testing import write_self_signed_certificate
 from quicframe.transport import Connection, Listener, serve
 
 
@@ -32,42 +27,7 @@ class CertFiles:
 @pytest.fixture(scope="session")
 def cert_files(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
     """A self-signed EC certificate for "localhost", 127.0.0.1 and ::1."""
-    directory = tmp_path_factory.mktemp("certs")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + datetime.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.IPAddress(ipaddress.ip_address("::1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = directory / "cert.pem"
-    key_path = directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return CertFiles(cert_path, key_path)
+    return CertFiles(*write_self_signed_certificate(tmp_path_factory.mktemp("certs")))
 
 
 @pytest.fixture

@@ -7,9 +7,7 @@ trio's clock (``@deadline``), and never sleeps to wait for something.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import functools
-import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +15,6 @@ from typing import Any, ParamSpec, TypeVar
 
 import pytest
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from quicframe import ClientConfig, ServerConfig
 from quicframe.session import (
@@ -30,6 +24,7 @@ from quicframe.session import (
     OneFrameReader,
     WelcomeReceived,
 )
+from quicframe.testing import write_self_signed_certificate
 from quicframe.transport import Connection, Stream, connect as transport_connect
 from quicframe.wire import Frame
 
@@ -60,38 +55,7 @@ class Certificate:
 @pytest.fixture(scope="session")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
     """A self-signed P-256 certificate valid for localhost and 127.0.0.1."""
-    folder = tmp_path_factory.mktemp("session-certs")
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path = folder / "cert.pem"
-    key_path = folder / "key.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return Certificate(path, key_path)
+    return Certificate(*write_self_signed_certificate(tmp_path_factory.mktemp("certs")))
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ drawing from seeded random generators, and count what they did in
 :class:`LinkStatistics`.  Only loopback addresses are accepted.
 """
 
+from ._certificates import write_self_signed_certificate as write_self_signed_certificate
 from ._chaos_proxy import ChaosProxy as ChaosProxy, ProxyStatistics as ProxyStatistics
 from ._fake_network import FakeNetwork as FakeNetwork, FakeSocket as FakeSocket
 from ._link import LinkPolicy as LinkPolicy, LinkStatistics as LinkStatistics
@@ -22,4 +23,5 @@ __all__ = [
     "LinkPolicy",
     "LinkStatistics",
     "ProxyStatistics",
+    "write_self_signed_certificate",
 ]
