@@ -16,15 +16,13 @@ import contextlib
 import errno
 import random
 import socket
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Final, Literal, final
 
 import trio
 
 from ._link import Link, LinkPolicy, LinkStatistics, check_loopback
-from ._timeline import Timeline, single_exception
+from ._timeline import BackgroundService, Timeline
 
 __all__ = ["ChaosProxy", "ProxyStatistics"]
 
@@ -67,7 +65,7 @@ _Item = tuple[Link, _Session, bytes, bool]  # (link, session, payload, to the se
 
 
 @final
-class ChaosProxy:
+class ChaosProxy(BackgroundService):
     """A UDP proxy between clients and one server, on loopback only.
 
     Start it with ``async with ChaosProxy(...) as proxy:`` or
@@ -281,28 +279,6 @@ class ChaosProxy:
                     session.upstream.close()
             self._sessions.clear()
             listener.close()
-
-    @contextlib.asynccontextmanager
-    async def _open(self) -> AsyncIterator[ChaosProxy]:
-        with single_exception():
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self.run)
-                try:
-                    yield self
-                finally:
-                    nursery.cancel_scope.cancel()
-
-    async def __aenter__(self) -> ChaosProxy:
-        self._context = self._open()
-        return await self._context.__aenter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        return await self._context.__aexit__(exc_type, exc, tb)
 
     # -- internals ----------------------------------------------------------------
 

@@ -25,7 +25,6 @@ import ipaddress
 import random
 import socket
 from collections import deque
-from collections.abc import AsyncIterator
 from socket import socket as StdlibSocket
 from types import TracebackType
 from typing import Any, Final, cast, final
@@ -33,7 +32,7 @@ from typing import Any, Final, cast, final
 import trio
 
 from ._link import Link, LinkPolicy, LinkStatistics
-from ._timeline import Timeline, single_exception
+from ._timeline import BackgroundService, Timeline
 
 __all__ = ["FakeNetwork", "FakeSocket"]
 
@@ -215,7 +214,7 @@ class FakeSocket:
 
 
 @final
-class FakeNetwork:
+class FakeNetwork(BackgroundService):
     """An in-memory UDP network of loopback addresses with seeded misbehaviour.
 
     Use it as an async context manager (it owns the task that delivers delayed
@@ -292,28 +291,6 @@ class FakeNetwork:
                     self._deliver(packet)
         finally:
             self._running = False
-
-    @contextlib.asynccontextmanager
-    async def _open(self) -> AsyncIterator[FakeNetwork]:
-        with single_exception():
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self.run)
-                try:
-                    yield self
-                finally:
-                    nursery.cancel_scope.cancel()
-
-    async def __aenter__(self) -> FakeNetwork:
-        self._context = self._open()
-        return await self._context.__aenter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        return await self._context.__aexit__(exc_type, exc, tb)
 
     # -- sockets ------------------------------------------------------------------
 

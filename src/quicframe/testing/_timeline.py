@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import heapq
 import math
-from collections.abc import Iterator
-from typing import Generic, TypeVar
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
 
 import trio
 
-__all__ = ["Timeline", "single_exception"]
+from .._util import unwrap_single_exception
+
+__all__ = ["BackgroundService", "Timeline"]
 
 T = TypeVar("T")
 
@@ -74,26 +77,37 @@ class Timeline(Generic[T]):
                     self._sleeper = None
 
 
-@contextlib.contextmanager
-def single_exception() -> Iterator[None]:
-    """Let a lone exception out of a hidden nursery bare, not wrapped in a group."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        leaves: list[BaseException] = []
-        pending: list[BaseException] = [group]
-        while pending:
-            exc = pending.pop()
-            if isinstance(exc, BaseExceptionGroup):
-                pending.extend(exc.exceptions)
-            else:
-                leaves.append(exc)
-        if len(leaves) != 1:
-            raise
-        leaf = leaves[0]
-        context = (leaf.__cause__, leaf.__context__, leaf.__suppress_context__)
-        try:
-            raise leaf from None
-        finally:
-            leaf.__cause__, leaf.__context__, leaf.__suppress_context__ = context
-            del leaf, leaves, pending, group
+class BackgroundService:
+    """``async with service:`` runs ``service.run`` in a hidden nursery until the block ends.
+
+    Subclasses define ``async def run(self, *, task_status)``, which must call
+    ``task_status.started(...)`` once ready and run until cancelled.
+    """
+
+    _context: contextlib.AbstractAsyncContextManager[Any]
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        raise NotImplementedError
+
+    @contextlib.asynccontextmanager
+    async def _open(self) -> AsyncIterator[Self]:
+        with unwrap_single_exception():
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.run)
+                try:
+                    yield self
+                finally:
+                    nursery.cancel_scope.cancel()
+
+    async def __aenter__(self) -> Self:
+        self._context = self._open()
+        entered: Self = await self._context.__aenter__()
+        return entered
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._context.__aexit__(exc_type, exc, tb)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Final, TextIO, final
 import trio
 
 from .._config import ClientConfig, ServerConfig
+from .._util import unwrap_single_exception
 from ..errors import ErrorCode, HandshakeTimeout
 from ._connection import Connection
 from ._core import (
@@ -106,31 +107,6 @@ def _open_secrets_log(target: object) -> Iterator[TextIO | None]:
         yield None
 
 
-@contextlib.contextmanager
-def _single_exception() -> Iterator[None]:
-    """Raise a lone exception from a hidden nursery bare rather than in a group."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        leaves: list[BaseException] = []
-        pending: list[BaseException] = [group]
-        while pending:
-            exc = pending.pop()
-            if isinstance(exc, BaseExceptionGroup):
-                pending.extend(exc.exceptions)
-            else:
-                leaves.append(exc)
-        if len(leaves) != 1:
-            raise
-        leaf = leaves[0]
-        saved = (leaf.__cause__, leaf.__context__, leaf.__suppress_context__)
-        try:
-            raise leaf
-        finally:
-            leaf.__cause__, leaf.__context__, leaf.__suppress_context__ = saved
-            del leaf, group, leaves, pending
-
-
 @dataclass(frozen=True, slots=True)
 class ListenerStatistics:
     """A snapshot of a listener.
@@ -208,7 +184,7 @@ class Listener:
         """
         config = config if config is not None else ClientConfig()
         endpoint = self._endpoint
-        with _single_exception():
+        with unwrap_single_exception():
             family, address = await _resolve(host, port)
             address = _to_socket_family(endpoint.family, family, address)
             quic_config, early = _prepare_client(config, host, None, early_data)
@@ -625,7 +601,7 @@ async def connect(
     with (
         contextlib.ExitStack() as stack,
         _open_secrets_log(config.secrets_log_file) as secrets_log,
-        _single_exception(),
+        unwrap_single_exception(),
     ):
         stack.callback(sock.close)
         quic_config, early = _prepare_client(config, host, secrets_log, early_data)
@@ -733,7 +709,7 @@ async def serve(
     with (
         contextlib.closing(sock),
         _open_secrets_log(config.secrets_log_file) as secrets_log,
-        _single_exception(),
+        unwrap_single_exception(),
     ):
         quic_config = config.to_quic_configuration(secrets_log=secrets_log)
         tickets = config.session_tickets
