@@ -6,22 +6,13 @@ Both configs select ``congestion_control="bbr"``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
-
 import pytest
-import trio
 
 from quicframe import ClientConfig, ServerConfig
 from quicframe.testing import write_self_signed_certificate
-from quicframe.transport import Connection, Listener, serve
+from tests.transport.conftest import CertFiles, ServerHandle, start_server
 
-
-@dataclass(frozen=True)
-class CertFiles:
-    certificate: Path
-    private_key: Path
+__all__ = ["CertFiles", "ServerHandle", "start_server"]
 
 
 @pytest.fixture(scope="session")
@@ -49,39 +40,3 @@ def client_config(cert_files: CertFiles) -> ClientConfig:
         handshake_timeout=5.0,
         congestion_control="bbr",
     )
-
-
-Handler = Callable[[Connection], Awaitable[object]]
-
-
-@dataclass
-class ServerHandle:
-    listener: Listener
-    connections: list[Connection]
-    cancel_scope: trio.CancelScope
-
-
-async def start_server(
-    nursery: trio.Nursery,
-    config: ServerConfig,
-    handler: Handler | None = None,
-    host: str = "127.0.0.1",
-) -> ServerHandle:
-    """Start ``serve`` in ``nursery``; the handle records every connection served."""
-    connections: list[Connection] = []
-
-    async def recording_handler(connection: Connection) -> None:
-        connections.append(connection)
-        if handler is not None:
-            await handler(connection)
-        else:
-            await trio.sleep_forever()
-
-    scope = trio.CancelScope()
-
-    async def run(*, task_status: trio.TaskStatus[Listener]) -> None:
-        with scope:
-            await serve(host, 0, config, recording_handler, task_status=task_status)
-
-    listener = await nursery.start(run)
-    return ServerHandle(listener, connections, scope)
