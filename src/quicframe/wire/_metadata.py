@@ -145,7 +145,6 @@ _WELL_KNOWN: Final[dict[int, tuple[int, int, int]]] = {
     0x0004: (_BYTES, 32, 32),  # PAYLOAD_SHA256
     0x0005: (_STRING, 0, MAX_TRACE_CONTEXT_SIZE),  # TRACE_CONTEXT
 }
-_WELL_KNOWN_TYPES: Final[dict[int, int]] = {key: spec[0] for key, spec in _WELL_KNOWN.items()}
 
 
 def _bad_entry(key: int, why: str) -> RemoteProtocolError:
@@ -204,7 +203,7 @@ class Metadata:
                     f"metadata entry (0x{key:x}, {type_}) is out of range",
                     code=ErrorCode.MALFORMED_METADATA,
                 )
-            if key in _WELL_KNOWN_TYPES:
+            if key in _WELL_KNOWN:
                 if key in seen:
                     raise LocalProtocolError(
                         f"well-known metadata key {MetaKey(key).name} appears twice",
@@ -312,7 +311,7 @@ class Metadata:
             value = raw[pos : pos + length]
             pos += length
             _check_entry_untrusted(key, type_, value)
-            if key in _WELL_KNOWN_TYPES:
+            if key in _WELL_KNOWN:
                 if key in seen:
                     raise RemoteProtocolError(
                         f"well-known metadata key {MetaKey(key).name} appears twice",

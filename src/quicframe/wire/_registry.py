@@ -135,10 +135,6 @@ class FrameRegistry:
                 seen.setdefault(spec.frame_type, spec)
         return iter(sorted(seen.values(), key=lambda s: s.frame_type))
 
-    def fixed_layout_codecs(self) -> list[FixedLayoutCodec[Any]]:
-        """Every registered fixed-layout codec (the decoder's fast paths)."""
-        return [spec.codec for spec in self if isinstance(spec.codec, FixedLayoutCodec)]
-
     def encode(
         self,
         value: object,

@@ -403,7 +403,6 @@ class FixedLayoutCodec(Generic[T]):
         "iter_unpack_frames",
         "make",
         "size",
-        "unpack_frame_from",
     )
 
     def __init__(self, cls: type[T], layout: str, *, frame_type: int) -> None:
@@ -431,7 +430,6 @@ class FixedLayoutCodec(Generic[T]):
         self._header = header
         # Decoding from the start of a frame skips the 12 header bytes in the format.
         skip_header = struct.Struct(f">{HEADER_SIZE}x" + layout[1:])
-        self.unpack_frame_from: Callable[[bytes, int], tuple[Any, ...]] = skip_header.unpack_from
         # For runs of frames: C-level iteration over whole frames, and a C-level
         # constructor (no Python frame per value).
         self.iter_unpack_frames: Callable[[memoryview], Iterator[tuple[Any, ...]]] = (
