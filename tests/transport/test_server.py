@@ -179,6 +179,35 @@ async def test_small_writes_of_one_tick_coalesce(
                 assert received == expected[remote.stream_id]
 
 
+async def test_writes_to_many_streams_in_one_tick_leave_in_slices(
+    server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    # With many streams written in one scheduling tick, the writer that adds a
+    # stream past the eager-flush threshold sends the queued ones itself, so the
+    # peer can start on them while the rest are still being written.
+    with trio.fail_after(10):
+        async with connection_pair(server_config, client_config) as (client, server):
+            streams = [await client.open_stream() for _ in range(40)]
+            sent_before = client.statistics().packets_sent
+            sent_at: list[int] = []
+            for index, stream in enumerate(streams):  # no checkpoint in this loop
+                stream.send_nowait(b"%02d" % index)
+                sent_at.append(client.statistics().packets_sent - sent_before)
+            # Nothing left before the 17th stream; the 17th and 33rd flushed the others.
+            assert sent_at[:16] == [0] * 16
+            assert 0 < sent_at[16] == sent_at[31] < sent_at[32]
+            for stream in streams:
+                await stream.send_eof()
+            received: dict[int, bytes] = {}
+            for _ in streams:
+                remote = await server.accept_stream()
+                data = b""
+                while chunk := await remote.receive_some():
+                    data += chunk
+                received[remote.stream_id] = data
+            assert received == {s.stream_id: b"%02d" % i for i, s in enumerate(streams)}
+
+
 async def test_listener_dials_from_its_own_socket(
     server_config: ServerConfig, client_config: ClientConfig
 ) -> None:

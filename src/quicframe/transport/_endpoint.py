@@ -523,6 +523,23 @@ class Endpoint:
                     return
                 return
 
+    def try_send(
+        self, datagrams: list[tuple[bytes, NetworkAddress]]
+    ) -> list[tuple[bytes, NetworkAddress]]:
+        """Send what the socket takes now; return the rest (from the first refusal on)."""
+        if self._send_lock.locked():
+            return datagrams  # a blocked send is in progress: keep the order
+        sock = self._sock
+        for index, (data, address) in enumerate(datagrams):
+            try:
+                sock.sendto(data, address)
+            except BlockingIOError:
+                return datagrams[index:]
+            except OSError as exc:
+                if exc.errno not in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ECONNREFUSED):
+                    logger.debug("sendto failed: %s", exc)
+        return []
+
     def send_now(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
         """Send without waiting (shutdown path); a full socket buffer drops datagrams."""
         for data, address in datagrams:
