@@ -44,7 +44,7 @@ from ..errors import (
 )
 from ._core import AioquicCore, NetworkAddress, core_events, now
 from ._errors import DatagramTooLarge
-from ._stream import Stream
+from ._stream import DEFAULT_URGENCY, Stream
 
 if TYPE_CHECKING:
     from ._endpoint import Endpoint
@@ -165,6 +165,9 @@ class Connection:
         # Streams.
         self._streams: dict[int, Stream] = {}
         self._dirty: dict[int, Stream] = {}  # streams with writes for the core
+        # Stream ID -> urgency, for streams whose urgency is not the default (kept
+        # until the core discards the stream, so data still queued keeps its rank).
+        self._urgency: dict[int, int] = {}
         self._send_waiters: set[Stream] = set()
         self._incoming: deque[Stream] = deque()
         # Handler spawners of running serve_streams() calls (the newest takes new
@@ -251,11 +254,15 @@ class Connection:
 
     # -- streams --------------------------------------------------------------------
 
-    async def open_stream(self, unidirectional: bool = False) -> Stream:
+    async def open_stream(
+        self, unidirectional: bool = False, *, urgency: int = DEFAULT_URGENCY
+    ) -> Stream:
         """Open a new stream; the peer learns of it with the first data sent.
 
         Args:
             unidirectional: open a send-only stream.
+            urgency: the stream's sending priority, 0 (most urgent) to 7 (see
+                :attr:`Stream.urgency`).
 
         Returns:
             The new :class:`Stream`.
@@ -275,6 +282,8 @@ class Connection:
         self._quic.send_stream_data(stream_id, b"")
         self._core.gate_stream_credit(stream_id)
         stream = Stream(self, stream_id, readable=not unidirectional, writable=True)
+        if urgency != DEFAULT_URGENCY:
+            stream.urgency = urgency
         self._streams[stream_id] = stream
         await trio.lowlevel.cancel_shielded_checkpoint()
         return stream
@@ -690,17 +699,27 @@ class Connection:
         built: ask again right away (a bounded number of times) instead of
         paying a timer wake-up per burst.
         """
-        quic = self._quic
-        datagrams = quic.datagrams_to_send(now())
+        build = self._quic.datagrams_to_send if not self._urgency else self._build_by_urgency
+        datagrams = build(now())
         for _ in range(_PACING_CATCH_UP):
             t = now()
             if not self._core.pacing_due(t):
                 break
-            more = quic.datagrams_to_send(t)
+            more = build(t)
             if not more:
                 break
             datagrams += more
         return datagrams
+
+    def _build_by_urgency(self, t: float) -> list[tuple[bytes, NetworkAddress]]:
+        datagrams = self._core.datagrams_by_urgency(t, self._urgency, DEFAULT_URGENCY)
+        return datagrams if datagrams is not None else self._quic.datagrams_to_send(t)
+
+    def _set_urgency(self, stream: Stream, urgency: int) -> None:
+        if urgency == DEFAULT_URGENCY:
+            self._urgency.pop(stream._stream_id, None)
+        else:
+            self._urgency[stream._stream_id] = urgency
 
     def _only_finished_writes(self) -> bool:
         """True if streams were written to and every one of them queued its FIN."""

@@ -407,6 +407,55 @@ class AioquicCore:
     def stream_exists(self, stream_id: int) -> bool:
         return stream_id in self._quic_connection._streams
 
+    # -- priorities -----------------------------------------------------------------
+
+    def datagrams_by_urgency(
+        self, now: float, urgency: dict[int, int], default: int
+    ) -> list[tuple[bytes, NetworkAddress]] | None:
+        """Build datagrams serving the most urgent streams' data first.
+
+        ``urgency`` maps stream IDs to their urgency (lower is more urgent); the
+        others have ``default``.  aioquic serves streams round-robin, one packet
+        at a time, so a less urgent stream with data would share every burst.
+        Streams of each less urgent level are held back (marked blocked, which
+        aioquic honours, for the duration of the call) while a more urgent level
+        is served, and released level by level while the congestion window has
+        room.  Returns None when fewer than two levels have data to send: the
+        plain ``datagrams_to_send`` does the same work for less.
+        """
+        connection = self._quic_connection
+        streams = connection._streams
+        for gone in [i for i in urgency if i not in streams]:
+            del urgency[gone]  # the core discarded the stream
+        levels: dict[int, list[_AioquicStream]] = {}
+        for stream in connection._streams_queue:
+            stream_id = stream.stream_id
+            if (
+                stream_id is not None
+                and not stream.sender.buffer_is_empty
+                and not stream.is_blocked
+            ):
+                levels.setdefault(urgency.get(stream_id, default), []).append(stream)
+        if len(levels) < 2:
+            return None
+        order = sorted(levels)
+        held = [stream for level in order[1:] for stream in levels[level]]
+        loss = connection._loss
+        try:
+            for stream in held:
+                stream.is_blocked = True
+            datagrams = connection.datagrams_to_send(now)
+            for level in order[1:]:
+                if loss.congestion_window - loss.bytes_in_flight < connection._max_datagram_size:
+                    break  # no room left: the rest waits for acknowledgements
+                for stream in levels[level]:
+                    stream.is_blocked = False
+                datagrams += connection.datagrams_to_send(now)
+        finally:
+            for stream in held:
+                stream.is_blocked = False
+        return datagrams
+
     # -- pacing -------------------------------------------------------------------
 
     def pacing_due(self, now: float) -> bool:

@@ -46,6 +46,11 @@ class StreamStatistics:
     receive_buffered: int
 
 
+# Sending priority of a stream, as in HTTP's Extensible Priorities (RFC 9218):
+# 0 is the most urgent, 7 the least; new streams get 3.
+DEFAULT_URGENCY = 3
+
+
 @final
 class Stream(trio.abc.HalfCloseableStream):
     """A bidirectional or unidirectional QUIC stream.
@@ -81,6 +86,7 @@ class Stream(trio.abc.HalfCloseableStream):
         self._sent_total = 0
         self._send_busy = False
         self._send_lot = trio.lowlevel.ParkingLot()
+        self._urgency = DEFAULT_URGENCY
 
     @property
     def stream_id(self) -> int:
@@ -91,6 +97,25 @@ class Stream(trio.abc.HalfCloseableStream):
     def connection(self) -> Connection:
         """The connection carrying this stream."""
         return self._connection
+
+    @property
+    def urgency(self) -> int:
+        """Sending priority: 0 (most urgent) to 7 (least); 3 by default.
+
+        When streams of several urgencies have data to send, the connection
+        sends the more urgent ones' data first, as far as the congestion window
+        allows, and the less urgent ones' with what room is left; streams of the
+        same urgency share the room round-robin.  Data already sent is not
+        recalled.
+        """
+        return self._urgency
+
+    @urgency.setter
+    def urgency(self, value: int) -> None:
+        if not 0 <= value <= 7:
+            raise ValueError(f"urgency must be between 0 and 7, not {value}")
+        self._urgency = value
+        self._connection._set_urgency(self, value)
 
     # -- sending ------------------------------------------------------------------
 
