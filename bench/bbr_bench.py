@@ -30,22 +30,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import trio
 
 from quicframe import ClientConfig, ServerConfig
 from quicframe.congestion import BbrCongestionControl
+from quicframe.testing import write_self_signed_certificate
 from quicframe.transport import Connection, connect, serve
 
 LINK_RATE = 2.5e6  # bytes per second of UDP payload (20 Mbit/s)
@@ -167,37 +165,10 @@ async def proxy_main(args: argparse.Namespace) -> None:
 
 @contextlib.contextmanager
 def temporary_certificate() -> Iterator[tuple[str, str]]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    """A throwaway self-signed certificate for localhost, removed afterwards."""
     with tempfile.TemporaryDirectory() as directory:
-        cert_path = os.path.join(directory, "cert.pem")
-        key_path = os.path.join(directory, "key.pem")
-        Path(cert_path).write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-        Path(key_path).write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        yield cert_path, key_path
+        cert_path, key_path = write_self_signed_certificate(directory, "localhost")
+        yield str(cert_path), str(key_path)
 
 
 class Child:

@@ -18,14 +18,17 @@ Workloads, as the anchors define them (``../shared/anchors/README.md``), over RP
 
 Server and client are separate processes (a fresh client process per run, the
 handshake not timed), both on 127.0.0.1 with the transport's QUIC settings of
-``bench/transport_bench.py`` (16 MiB windows, insecure client).  The driver runs
-``--rounds`` rounds; per round it runs the RPC client, then, when they are
-available, the transport-only W1/W2 clients of ``bench/transport_bench.py`` and
-the grpcio anchor (``grpc_bench.py``, sync server) with ``--grpc-python`` (an
-interpreter that has grpcio; default: this one).  It prints the median of each
-figure and the issue's targets: RPC p50 <= 1.15 x transport W1 p50; RPC p50 <
-grpcio's W1 p50; RPC W2 calls/s >= 4 x grpcio's.  A missing side is reported,
-not an error.
+``bench/transport_bench.py`` (16 MiB windows, insecure client).  Three sides take
+part: ``rpc`` (this file), ``transport`` (the transport-only W1/W2 of
+``bench/transport_bench.py``) and ``grpcio-syncsrv`` (the f2-grpcio-syncsrv anchor,
+``grpc_bench.py --server sync`` from ``--anchors``, run with ``--grpc-python``: an
+interpreter that has grpcio, default this one; ``pip install 'quicframe[bench]'``).
+Each of the ``--rounds`` rounds starts the three servers, then runs W1 for every
+side and W2 for every side, the sides' order rotating from round to round, so
+that the machine's drifts spread over all of them.  It prints the median of each
+figure and the issue's targets: RPC W1 p50 <= 1.15 x transport W1 p50; RPC W1 p50
+< grpcio's W1 p50; RPC W2 calls/s >= 4 x grpcio's.  A side that cannot run (no
+grpcio, no anchors folder) is reported on a ``skipped`` line, not an error.
 """
 
 from __future__ import annotations
@@ -34,14 +37,15 @@ import argparse
 import contextlib
 import json
 import os
-import runpy
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -58,15 +62,9 @@ WINDOW: Final = 16 * 1024 * 1024
 perf = time.perf_counter_ns
 
 
-def _certificate(folder: Path) -> tuple[Path, Path]:
-    # The example's throwaway self-signed certificate maker (same settings).
-    namespace = runpy.run_path(str(HERE.parent / "examples" / "rpc_echo.py"))
-    paths: tuple[Path, Path] = namespace["make_certificate"](folder)
-    return paths
-
-
 async def run_server(port: int) -> None:
     import quicframe
+    from quicframe.testing import write_self_signed_certificate
 
     router = quicframe.Router()
 
@@ -75,7 +73,7 @@ async def run_server(port: int) -> None:
         return request
 
     with tempfile.TemporaryDirectory() as folder:
-        cert, key = _certificate(Path(folder))
+        cert, key = write_self_signed_certificate(folder)
         config = quicframe.ServerConfig(
             certificate=cert,
             private_key=key,
@@ -143,23 +141,41 @@ async def run_client(port: int, workload: str, quick: bool) -> None:
 # ------------------------------------------------------------------------------ driver
 
 
+@dataclass(frozen=True)
+class Side:
+    """One side of the comparison: how to start its server and its client."""
+
+    name: str
+    server_argv: list[str]  # "--port P" is appended
+    client_argv: list[str]  # "--port P --workload W" (and "--quick") are appended
+    port_family: socket.SocketKind | None  # pick a free port of this kind; None: port 0
+
+
 @contextlib.contextmanager
-def _server(argv: list[str]) -> Iterator[int]:
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=HERE.parent)
+def _server(side: Side) -> Iterator[int]:
+    """Start ``side``'s server and yield its port once it printed ``READY <port>``."""
+    port = 0 if side.port_family is None else _free_port(side.port_family)
+    process = subprocess.Popen(
+        [*side.server_argv, "--port", str(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=HERE.parent,
+    )
     try:
         assert process.stdout is not None
         deadline = time.monotonic() + 20
-        port = None
+        ready = None
         while time.monotonic() < deadline:
             line = process.stdout.readline()
             if not line:
                 break
             if line.startswith("READY"):
-                port = int(line.split()[1])
+                ready = int(line.split()[1])
                 break
-        if port is None:
-            raise RuntimeError(f"server {argv} did not start")
-        yield port
+        if ready is None:
+            raise RuntimeError(f"the {side.name} server did not start")
+        yield ready
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -175,6 +191,7 @@ def _client(argv: list[str], timeout: float) -> dict[str, Any] | None:
             argv, capture_output=True, text=True, timeout=timeout, cwd=HERE.parent, check=False
         )
     except subprocess.TimeoutExpired:
+        print(f"  timed out after {timeout:g} s: {' '.join(argv)}", file=sys.stderr)
         return None
     for line in result.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -184,81 +201,112 @@ def _client(argv: list[str], timeout: float) -> dict[str, Any] | None:
     return None
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+def _free_port(kind: socket.SocketKind) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def driver(args: argparse.Namespace) -> int:
+def _sides(args: argparse.Namespace) -> tuple[list[Side], list[str]]:
+    """The sides that can run here, and a line for each one that cannot."""
     py = sys.executable
-    quick = ["--quick"] if args.quick else []
-    anchors = Path(args.anchors) if args.anchors else HERE.parent.parent / "shared" / "anchors"
+    sides = [Side("rpc", [py, __file__, "server"], [py, __file__, "client"], None)]
+    skipped = []
     transport_bench = HERE / "transport_bench.py"
+    if transport_bench.exists():
+        argv = [py, str(transport_bench)]
+        sides.append(Side("transport", [*argv, "server"], [*argv, "client"], None))
+    else:
+        skipped.append(f"transport: skipped ({transport_bench} not found)")
+    anchors = Path(args.anchors) if args.anchors else HERE.parent.parent / "shared" / "anchors"
+    grpc_bench = anchors / "grpc_bench.py"
     grpc_python = args.grpc_python or py
+    probe = subprocess.run([grpc_python, "-c", "import grpc"], capture_output=True, check=False)
+    if not grpc_bench.exists():
+        skipped.append(f"grpcio-syncsrv: skipped (no grpc_bench.py in {anchors}; see --anchors)")
+    elif probe.returncode != 0:
+        skipped.append(
+            f"grpcio-syncsrv: skipped (grpcio is not installed for {grpc_python}; "
+            "pip install 'quicframe[bench]' or pass --grpc-python)"
+        )
+    else:
+        argv = [grpc_python, str(grpc_bench)]
+        sides.append(
+            Side(
+                "grpcio-syncsrv",
+                [*argv, "server", "--server", "sync"],
+                [*argv, "client", "--server", "sync", "--anchor", "f2-grpcio-syncsrv"],
+                socket.SOCK_STREAM,
+            )
+        )
+    return sides, skipped
+
+
+def driver(args: argparse.Namespace) -> int:
+    quick = ["--quick"] if args.quick else []
+    sides, skipped = _sides(args)
+    for line in skipped:
+        print(line, flush=True)
     results: dict[str, list[dict[str, Any]]] = {}
 
-    def add(key: str, record: dict[str, Any] | None) -> None:
-        if record is not None:
-            results.setdefault(key, []).append(record)
-
-    for _ in range(args.rounds):
-        with _server([py, __file__, "server", "--port", "0"]) as port:
+    for round_number in range(args.rounds):
+        shift = round_number % len(sides)
+        order = sides[shift:] + sides[:shift]
+        with contextlib.ExitStack() as stack:
+            ports: dict[str, int] = {}
+            for side in order:
+                try:
+                    ports[side.name] = stack.enter_context(_server(side))
+                except RuntimeError as exc:
+                    print(f"round {round_number + 1}: {exc}", file=sys.stderr, flush=True)
             for workload in ("w1", "w2"):
-                argv = [py, __file__, "client", "--port", str(port), "--workload", workload]
-                add(f"rpc {workload}", _client(argv + quick, args.timeout))
-        if transport_bench.exists():
-            with (
-                contextlib.suppress(RuntimeError),
-                _server([py, str(transport_bench), "server", "--port", "0"]) as port,
-            ):
-                for workload in ("w1", "w2"):
-                    argv = [py, str(transport_bench), "client", "--port", str(port)]
-                    argv += ["--workload", workload, *quick]
-                    add(f"transport {workload}", _client(argv, args.timeout))
-        grpc_bench = anchors / "grpc_bench.py"
-        has_grpc = (
-            subprocess.run(
-                [grpc_python, "-c", "import grpc"], capture_output=True, check=False
-            ).returncode
-            == 0
-        )
-        if grpc_bench.exists() and has_grpc:
-            gport = _free_port()
-            with (
-                contextlib.suppress(RuntimeError),
-                _server(
-                    [
-                        grpc_python,
-                        str(grpc_bench),
-                        "server",
-                        "--port",
-                        str(gport),
-                        "--server",
-                        "sync",
-                    ]
-                ),
-            ):
-                for workload in ("w1", "w2"):
-                    argv = [grpc_python, str(grpc_bench), "client", "--port", str(gport)]
-                    argv += ["--server", "sync", "--workload", workload, *quick]
-                    add(f"grpcio-syncsrv {workload}", _client(argv, args.timeout))
+                for side in order:
+                    if side.name not in ports:
+                        continue
+                    argv = [*side.client_argv, "--port", str(ports[side.name])]
+                    record = _client([*argv, "--workload", workload, *quick], args.timeout)
+                    key = f"{side.name} {workload}"
+                    print(
+                        f"round {round_number + 1}: {key}: "
+                        + ("failed" if record is None else _brief(record)),
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    if record is not None:
+                        results.setdefault(key, []).append(record)
 
     def median(key: str, field: str) -> float | None:
         values = [r[field] for r in results.get(key, []) if field in r]
         return statistics.median(values) if values else None
 
+    counts = QUICK if args.quick else FULL
+    print(
+        f"medians of {args.rounds} interleaved round(s); W1 {counts['w1_calls']} calls, "
+        f"W2 {counts['w2_calls']} calls with {CONCURRENCY} in flight"
+    )
     print(f"{'side':<24}{'p50 us':>10}{'p99 us':>10}{'calls/s':>12}")
-    for key in sorted(results):
-        p50, p99, rate = (median(key, f) for f in ("p50_us", "p99_us", "calls_per_s"))
-        cells = [f"{v:>10.1f}" if v is not None else f"{'-':>10}" for v in (p50, p99)]
-        print(f"{key:<24}{''.join(cells)}{rate or 0:>12.0f}")
+    for side in sides:
+        for workload in ("w1", "w2"):
+            key = f"{side.name} {workload}"
+            if key not in results:
+                print(f"{key:<24}{'no result':>32}")
+                continue
+            p50, p99, rate = (median(key, f) for f in ("p50_us", "p99_us", "calls_per_s"))
+            cells = [f"{v:>10.1f}" if v is not None else f"{'-':>10}" for v in (p50, p99)]
+            print(f"{key:<24}{''.join(cells)}{rate or 0:>12.0f}")
+    for line in skipped:
+        print(line)
     checks = [
-        ("RPC p50 <= 1.15 x transport W1 p50", "rpc w1", "p50_us", "transport w1", 1.15, "<="),
-        ("RPC p50 < grpcio W1 p50", "rpc w1", "p50_us", "grpcio-syncsrv w1", 1.0, "<"),
-        ("RPC W2 >= 4 x grpcio W2", "rpc w2", "calls_per_s", "grpcio-syncsrv w2", 4.0, ">="),
+        ("RPC W1 p50 <= 1.15 x transport W1 p50", "rpc w1", "p50_us", "transport w1", 1.15, "<="),
+        ("RPC W1 p50 < grpcio sync W1 p50", "rpc w1", "p50_us", "grpcio-syncsrv w1", 1.0, "<"),
+        (
+            "RPC W2 calls/s >= 4 x grpcio sync W2",
+            "rpc w2",
+            "calls_per_s",
+            "grpcio-syncsrv w2",
+            4.0,
+            ">=",
+        ),
     ]
     for label, ours, field, theirs, factor, op in checks:
         mine, other = median(ours, field), median(theirs, field)
@@ -267,8 +315,13 @@ def driver(args: argparse.Namespace) -> int:
             continue
         ratio = mine / other
         ok = ratio <= factor if op == "<=" else ratio < factor if op == "<" else ratio >= factor
-        print(f"{label}: {ratio:.2f}x {'PASS' if ok else 'FAIL'}")
+        print(f"{label}: {ratio:.2f}x (target {op} {factor:g}x) {'PASS' if ok else 'FAIL'}")
     return 0 if results else 1
+
+
+def _brief(record: dict[str, Any]) -> str:
+    parts = [f"{k}={record[k]:.1f}" for k in ("p50_us", "p99_us", "calls_per_s") if k in record]
+    return " ".join(parts) or json.dumps(record)[:200]
 
 
 def main() -> int:

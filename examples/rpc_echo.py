@@ -17,8 +17,6 @@ trusts that file.  Never do this in production: use a real certificate.
 from __future__ import annotations
 
 import argparse
-import datetime
-import ipaddress
 import logging
 import sys
 import tempfile
@@ -29,6 +27,7 @@ import trio
 
 import quicframe
 from quicframe.middleware import log_calls
+from quicframe.testing import write_self_signed_certificate
 
 ECHO = 0x0001
 DEFAULT_CERT_DIR = Path(tempfile.gettempdir()) / "quicframe-rpc-echo"
@@ -58,43 +57,9 @@ async def echo(request: EchoRequest, ctx: quicframe.CallContext) -> EchoReply:
 
 
 def make_certificate(folder: Path) -> tuple[Path, Path]:
-    """Write a self-signed certificate for localhost / 127.0.0.1; return (cert, key)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
+    """Write a throwaway self-signed certificate for localhost into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
+    return write_self_signed_certificate(folder, "localhost")
 
 
 async def run_server(host: str, port: int, cert_dir: Path) -> None:

@@ -10,6 +10,10 @@ stops the server's sending with CANCELLED.
 Each connection's session state lives in a ``_Link``.  With a
 :class:`~quicframe.ReconnectPolicy`, a supervisor task dials a new link when the
 current one dies or receives GOAWAY; calls wait for it within their deadlines.
+New links resume the TLS session from the ticket store when they can.  With
+``early_data``, a link whose ticket allows 0-RTT is offered to calls of
+idempotent opcodes as soon as HELLO is written (before WELCOME), so those
+requests travel as early data; every other call waits for WELCOME.
 """
 
 from __future__ import annotations
@@ -64,7 +68,12 @@ from .session import (
     payload_matches,
     reply_frame_untrusted,
 )
-from .transport import Connection, Stream, connect as transport_connect
+from .transport import (
+    Connection,
+    SessionTicketStore,
+    Stream,
+    connect as transport_connect,
+)
 from .wire import DEFAULT_MAX_FRAME_SIZE, Frame, FrameType, MsgpackCodec, check_max_frame_size
 
 __all__ = [
@@ -133,6 +142,8 @@ class ClientStatistics:
         reconnects: connections re-established after a loss or a GOAWAY.
         reconnect_failures: reconnection attempts that failed.
         retries: idempotent calls retried on a new connection.
+        early_calls: calls sent on a new connection before its session
+            handshake finished, as 0-RTT data (see ``connect(early_data=...)``).
         goaway: the GOAWAY the server sent on the current connection, or None.
     """
 
@@ -144,6 +155,7 @@ class ClientStatistics:
     reconnects: int
     reconnect_failures: int
     retries: int
+    early_calls: int
     goaway: GoAway | None
 
 
@@ -160,6 +172,8 @@ class _Link:
         self.goaway: GoAway | None = None
         # Set once no new call may start here: GOAWAY arrived or the connection ended.
         self.unusable = trio.Event()
+        # True while calls are written before WELCOME (0-RTT on a resumed session).
+        self.early = False
         # Pings: payload -> [sent at, round trip or None].
         self.pings: dict[bytes, list[float | None]] = {}
         self.ping_lot = trio.lowlevel.ParkingLot()
@@ -199,6 +213,8 @@ class Client:
         self._policy = reconnect if reconnect is not None and reconnect.max_retries > 0 else None
         self._idempotent = frozenset(idempotent)
         self._link: _Link | None = None
+        # A link still in its handshake that idempotent calls may use (0-RTT).
+        self._early_link: _Link | None = None
         self._link_lot = trio.lowlevel.ParkingLot()  # woken when the link changes
         self._gave_up: BaseException | None = None
         self._closed = False
@@ -216,6 +232,7 @@ class Client:
         self._reconnects = 0
         self._reconnect_failures = 0
         self._retries = 0
+        self._early_calls = 0
 
     # -- properties -----------------------------------------------------------
 
@@ -257,6 +274,7 @@ class Client:
             reconnects=self._reconnects,
             reconnect_failures=self._reconnect_failures,
             retries=self._retries,
+            early_calls=self._early_calls,
             goaway=None if self._link is None else self._link.goaway,
         )
 
@@ -307,7 +325,8 @@ class Client:
         runs the handler within it.  While a reconnect policy re-establishes a
         lost connection, calls wait for it (bounded by their deadline); a call
         to an opcode given in ``connect(idempotent=...)`` that was in flight
-        when the connection died is sent again on the new connection.
+        when the connection died is sent again on the new connection (as 0-RTT
+        data when ``connect(early_data=True)`` and the session ticket allow it).
 
         Args:
             opcode: the operation, 0x0000-0xFFFF.
@@ -368,24 +387,35 @@ class Client:
         name = code_name(code)
         self._failed[name] = self._failed.get(name, 0) + 1
 
-    async def _usable_link(self) -> _Link:
-        """The link new calls go to; waits while a reconnect is under way."""
+    async def _usable_link(self, opcode: int) -> _Link:
+        """The link new calls go to; waits while a reconnect is under way.
+
+        A call to an idempotent opcode may go to a link that is still in its
+        handshake (only links dialled with early data are offered that way).
+        """
         while True:
             link = self._current
             if not link.unusable.is_set() or self._policy is None:
                 return link
+            if self._closed:
+                # The client is leaving: no reconnect is coming.
+                await trio.lowlevel.checkpoint()
+                raise trio.ClosedResourceError("the client is closed")
             if self._gave_up is not None:
                 self._fail(ErrorCode.CONNECTION_LOST)
                 raise ConnectionLost(
                     f"the connection was lost and could not be re-established: {self._gave_up}",
                     code=ErrorCode.CONNECTION_LOST,
                 ) from self._gave_up
+            early = self._early_link
+            if early is not None and opcode in self._idempotent and not early.unusable.is_set():
+                return early
             await self._link_lot.park()
 
     async def _send_call(self, ctx: ClientCallContext, request: Any) -> Any:
         body = self._codec(type(request)).encode(request)
         while True:
-            link = await self._usable_link()
+            link = await self._usable_link(ctx.opcode)
             if link.goaway is not None:
                 await trio.lowlevel.checkpoint()
                 self._fail(ErrorCode.UNAVAILABLE)
@@ -400,6 +430,8 @@ class Client:
                     continue  # nothing was sent: wait for the new connection
                 self._fail(ErrorCode.CONNECTION_LOST)
                 raise
+            if link.early:
+                self._early_calls += 1
             try:
                 return await self._call_on(link, stream, ctx, body)
             except Unavailable as exc:
@@ -458,6 +490,19 @@ class Client:
             code = ErrorCode.NO_ERROR
             self._fail(getattr(exc, "code", ErrorCode.UNKNOWN))
             raise _reset_error(exc, opcode) from exc
+        except trio.ClosedResourceError as exc:
+            # This side closed the connection: the client is leaving, or the session
+            # handshake of a new connection failed (REJECT, no WELCOME) while early
+            # calls ran on it.
+            code = ErrorCode.NO_ERROR
+            self._fail(ErrorCode.CONNECTION_LOST)
+            if self._closed:
+                raise
+            raise ConnectionLost(
+                "the connection was closed during the call",
+                code=ErrorCode.CONNECTION_LOST,
+                operation=f"opcode 0x{opcode:04x}",
+            ) from exc
         except ConnectionClosed as exc:
             code = ErrorCode.NO_ERROR
             self._fail(ErrorCode.CONNECTION_LOST)
@@ -531,6 +576,11 @@ class Client:
         link.control = stream
         try:
             await link.send_control(lambda: link.channel.send_hello(hello))
+            if link.early:
+                # HELLO is on its way as 0-RTT data, on stream 0; call streams
+                # opened from now on have higher ids and follow it.
+                self._early_link = link
+                self._link_lot.unpark_all()
             while True:
                 data = await stream.receive_some()
                 if not data:
@@ -605,31 +655,60 @@ class Client:
         port: int,
         config: ClientConfig,
         hello: Hello,
+        early_data: bool,
         *,
         task_status: trio.TaskStatus[_Link] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Dial, handshake, then serve the control stream until the connection ends."""
-        async with transport_connect(host, port, config) as connection:
-            link = _Link(connection, self._max_frame_size)
-            try:
-                with trio.move_on_after(config.handshake_timeout) as scope:
-                    welcome = await self._handshake(link, hello)
-                if scope.cancelled_caught:
-                    await connection.aclose(ErrorCode.HANDSHAKE_TIMEOUT, "no WELCOME in time")
-                    raise HandshakeTimeout(
-                        f"no WELCOME from {host}:{port} within {config.handshake_timeout} s"
-                    )
-                self._link = link
-                self._link_lot.unpark_all()
-                task_status.started(link)
-                async with trio.open_nursery() as nursery:
-                    interval = welcome.heartbeat_interval_ms / 1000
-                    if self._heartbeat and interval > 0:
-                        nursery.start_soon(self._heartbeat_loop, link, interval)
-                    await self._control_loop(link)
-                    nursery.cancel_scope.cancel()
-            finally:
-                link.retire()
+        ticket = _peek_ticket(config, host)
+        reached_server = False
+        try:
+            async with transport_connect(host, port, config, early_data=early_data) as connection:
+                link = _Link(connection, self._max_frame_size)
+                # The transport yields before the QUIC handshake completes only when
+                # it may send 0-RTT data (early_data asked for, and the ticket allows it).
+                link.early = not connection.handshake_complete
+                previous = self._link
+                if link.early and previous is not None:
+                    # Until WELCOME says otherwise, assume the limit the server had.
+                    link.peer_max_frame_size = previous.peer_max_frame_size
+                try:
+                    with trio.move_on_after(config.handshake_timeout) as scope:
+                        welcome = await self._handshake(link, hello)
+                    if scope.cancelled_caught:
+                        await connection.aclose(ErrorCode.HANDSHAKE_TIMEOUT, "no WELCOME in time")
+                        raise HandshakeTimeout(
+                            f"no WELCOME from {host}:{port} within {config.handshake_timeout} s"
+                        )
+                    link.early = False
+                    self._link = link
+                    if self._early_link is link:
+                        self._early_link = None
+                    self._link_lot.unpark_all()
+                    if connection.session_resumed:
+                        logger.debug(
+                            "resumed the TLS session with %s:%d (0-RTT %s)",
+                            host,
+                            port,
+                            "accepted" if connection.early_data_accepted else "not used",
+                        )
+                    task_status.started(link)
+                    async with trio.open_nursery() as nursery:
+                        interval = welcome.heartbeat_interval_ms / 1000
+                        if self._heartbeat and interval > 0:
+                            nursery.start_soon(self._heartbeat_loop, link, interval)
+                        await self._control_loop(link)
+                        nursery.cancel_scope.cancel()
+                finally:
+                    reached_server = reached_server or connection.handshake_complete
+                    if self._early_link is link:
+                        self._early_link = None
+                    link.retire()
+        finally:
+            if ticket is not None and not reached_server and config.session_tickets is not None:
+                # The attempt never heard from the server, so the server cannot have
+                # consumed the ticket: keep it for the next attempt.
+                config.session_tickets.add(ticket)
 
     async def _supervise(self, nursery: trio.Nursery, dial: Callable[..., Awaitable[None]]) -> None:
         """Re-establish the connection whenever the current one becomes unusable."""
@@ -673,6 +752,17 @@ def _wrap(layer: Interceptor, call_next: ClientCallNext) -> ClientCallNext:
     return step
 
 
+def _peek_ticket(config: ClientConfig, host: str) -> Any | None:
+    """The ticket the transport will resume from for this dial, left in the store."""
+    store = config.session_tickets
+    if store is None:
+        return None
+    ticket = store.pop(config.server_name or host)
+    if ticket is not None:
+        store.add(ticket)  # back in front: the transport takes this same ticket
+    return ticket
+
+
 def _reset_error(exc: BaseException, opcode: int) -> Exception:
     code = getattr(exc, "code", ErrorCode.UNKNOWN)
     operation = f"opcode 0x{opcode:04x}"
@@ -698,6 +788,7 @@ async def connect(
     heartbeat: bool = True,
     reconnect: ReconnectPolicy | None = None,
     idempotent: Iterable[int] = (),
+    early_data: bool = False,
 ) -> AsyncIterator[Client]:
     """Connect to a quicframe server and yield a :class:`Client`.
 
@@ -719,11 +810,24 @@ async def connect(
         heartbeat: send PINGs at the interval the server asks for (the round
             trip shows in ``statistics().rtt``).
         reconnect: re-establish a lost connection (or one the server sent
-            GOAWAY on) in the background; None: a lost connection stays lost.
-            The first connection is not retried: its failure raises here.
+            GOAWAY on) in the background; None (the default) takes
+            ``config.reconnect``, and ``ReconnectPolicy(max_retries=0)`` turns
+            reconnecting off whatever the config says.  The first connection is
+            not retried: its failure raises here.  New connections resume the
+            TLS session from ``config.session_tickets``; without a store the
+            client keeps a private one for its own reconnects.
         idempotent: opcodes that may safely run twice: with ``reconnect``, a call
             to one of them that was in flight when the connection died is sent
             again on the new connection, within its deadline.
+        early_data: allow 0-RTT data when a session ticket permits it.  HELLO
+            then travels as early data, and on reconnects, calls to the
+            ``idempotent`` opcodes that wait for the new connection are written
+            before its handshake finishes, as early data.  0-RTT data can be
+            replayed by an attacker who recorded it (the server's single-use
+            tickets refuse a replay to the same server, but not everywhere), so
+            only opcodes that are safe to run twice are ever sent that way; all
+            other calls wait for WELCOME.  ``client.connection.early_data_accepted``
+            tells whether the server took it.
 
     Yields:
         The connected client.
@@ -743,8 +847,7 @@ async def connect(
     """
     config = config if config is not None else ClientConfig()
     if reconnect is None:
-        # A ClientConfig that carries a reconnect policy (see the issue's API) works too.
-        reconnect = getattr(config, "reconnect", None)
+        reconnect = config.reconnect
     max_frame_size = check_max_frame_size(max_frame_size)
     hello = Hello(
         versions=list(versions),
@@ -761,7 +864,10 @@ async def connect(
         reconnect=reconnect,
         idempotent=idempotent,
     )
-    dial = functools.partial(client._run_link, host, port, config, hello)
+    if client._policy is not None and config.session_tickets is None:
+        # Reconnects resume the TLS session (and may use 0-RTT) from a store of our own.
+        config = dataclasses.replace(config, session_tickets=SessionTicketStore())
+    dial = functools.partial(client._run_link, host, port, config, hello, early_data)
     with unwrap_single_exception():
         async with trio.open_nursery() as nursery:
             await nursery.start(dial)

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
+from ._policy import ReconnectPolicy  # a plain value: imports neither trio nor aioquic
+
 if TYPE_CHECKING:
     from aioquic.quic.configuration import QuicConfiguration
 
@@ -135,6 +137,9 @@ class ClientConfig(_CommonConfig):
         session_tickets: a ``quicframe.transport.SessionTicketStore`` to keep the
             servers' tickets in and resume from (None: no resumption).  Share one
             store between configs to resume across connections.
+        reconnect: how ``quicframe.connect`` re-establishes a lost session in the
+            background (None: it does not).  A ``reconnect=`` argument given to
+            ``connect`` takes precedence.  The transport ignores this field.
     """
 
     server_name: str | None = None
@@ -143,6 +148,7 @@ class ClientConfig(_CommonConfig):
     insecure: bool = False
     handshake_timeout: float = 10.0
     session_tickets: SessionTicketStore | None = None
+    reconnect: ReconnectPolicy | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -10,7 +13,8 @@ import trio
 
 import quicframe
 from quicframe import ClientConfig, ReconnectPolicy, ServerConfig
-from quicframe.errors import ConnectionLost
+from quicframe.errors import ConnectionClosed, ConnectionLost, Unauthorized
+from quicframe.transport import ServerTicketStore, SessionTicketStore
 
 from .conftest import deadline
 
@@ -196,6 +200,209 @@ async def test_goaway_moves_new_calls_to_a_new_connection(
             assert results == ["drained"]
             assert client.statistics().reconnects == 1
         old.scope.cancel()
+
+
+@deadline(15)
+async def test_a_policy_in_the_client_config_reconnects_after_a_restart(
+    server_config: ServerConfig, fast_client_config: ClientConfig
+) -> None:
+    config = dataclasses.replace(fast_client_config, reconnect=FAST)
+    async with trio.open_nursery() as nursery:
+        first = await start_server(nursery, make_router("first"), 0, server_config)
+        port = first.server.port
+        async with quicframe.connect("127.0.0.1", port, config) as client:  # no reconnect=
+            assert await client.call(WHO, None) == "first"
+            await first.kill()
+            await client._current.unusable.wait()
+            second = await start_server(nursery, make_router("second"), port, server_config)
+            with trio.fail_after(5):
+                assert await client.call(WHO, None) == "second"
+            assert client.statistics().reconnects == 1
+            await second.kill()
+
+
+@deadline(15)
+async def test_an_explicit_reconnect_argument_overrides_the_config(
+    server_config: ServerConfig, fast_client_config: ClientConfig
+) -> None:
+    config = dataclasses.replace(fast_client_config, reconnect=FAST)
+    never = ReconnectPolicy(max_retries=0)
+    async with trio.open_nursery() as nursery:
+        only = await start_server(nursery, make_router("only"), 0, server_config)
+        async with quicframe.connect("127.0.0.1", only.server.port, config, reconnect=never) as c:
+            assert await c.call(WHO, None) == "only"
+            await only.kill()
+            await c._current.unusable.wait()
+            with pytest.raises(ConnectionClosed):
+                await c.call(WHO, None)
+            assert c.statistics().reconnects == 0
+            assert c.statistics().reconnect_failures == 0
+
+
+class _OnRecord(logging.Handler):
+    """Calls ``action`` for every log record whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str, action: Callable[[], None]) -> None:
+        super().__init__()
+        self._prefix = prefix
+        self._action = action
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(self._prefix):
+            self._action()
+
+
+def _resuming(
+    server_config: ServerConfig, client_config: ClientConfig
+) -> tuple[ServerConfig, ClientConfig, SessionTicketStore]:
+    """Configs whose tickets outlive one server run and one client connection."""
+    tickets = SessionTicketStore()
+    return (
+        dataclasses.replace(server_config, session_tickets=ServerTicketStore()),
+        dataclasses.replace(client_config, session_tickets=tickets, reconnect=FAST),
+        tickets,
+    )
+
+
+@deadline(15)
+async def test_a_later_connect_with_the_same_config_resumes_with_early_data(
+    server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    server_config, client_config, tickets = _resuming(server_config, client_config)
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery, make_router("s"), 0, server_config)
+        port = server.server.port
+        async with quicframe.connect("127.0.0.1", port, client_config) as client:
+            assert await client.call(WHO, None) == "s"
+            assert not client.connection.session_resumed
+        assert len(tickets) >= 1
+        async with quicframe.connect("127.0.0.1", port, client_config, early_data=True) as client:
+            # HELLO went out as 0-RTT data on the resumed session.
+            assert client.connection.session_resumed
+            assert client.connection.early_data_accepted
+            assert await client.call(WHO, None) == "s"
+        # Without early_data the session is resumed all the same.
+        async with quicframe.connect("127.0.0.1", port, client_config) as client:
+            assert client.connection.session_resumed
+            assert client.statistics().early_calls == 0
+        await server.kill()
+
+
+@deadline(15)
+async def test_reconnect_resumes_and_sends_idempotent_calls_as_early_data(
+    server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    server_config, client_config, tickets = _resuming(server_config, client_config)
+    OTHER = 0x03
+    router = make_router("s")
+
+    @router.rpc(OTHER)
+    async def other(request: Any, ctx: quicframe.CallContext) -> Any:
+        return "other"
+
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery, router, 0, server_config)
+        async with quicframe.connect(
+            "127.0.0.1", server.server.port, client_config, idempotent=[WHO], early_data=True
+        ) as client:
+            assert await client.call(WHO, None) == "s"
+            assert len(tickets) >= 1
+            first_connection = client.connection
+            for session in list(server.server._sessions):
+                await session.send_goaway(5.0)
+            await client._current.unusable.wait()
+            results: dict[int, Any] = {}
+
+            async def call(opcode: int) -> None:
+                results[opcode] = await client.call(opcode, None)
+
+            # Both calls wait for the new connection; only the idempotent one may
+            # be written before WELCOME, as 0-RTT data.
+            async with trio.open_nursery() as calls:
+                calls.start_soon(call, WHO)
+                calls.start_soon(call, OTHER)
+            assert results == {WHO: "s", OTHER: "other"}
+            assert client.connection is not first_connection
+            assert client.connection.session_resumed
+            assert client.connection.early_data_accepted
+            stats = client.statistics()
+            assert stats.reconnects == 1
+            assert stats.early_calls == 1
+        await server.kill()
+
+
+@deadline(15)
+async def test_an_early_call_on_a_refused_connection_is_retried_on_the_next(
+    server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    server_config, client_config, _ = _resuming(server_config, client_config)
+    verdicts = iter([True, False])  # the first reconnect attempt is refused
+
+    async def flaky(hello: quicframe.session.Hello, connection: Any) -> str | None:
+        await trio.lowlevel.checkpoint()
+        if not next(verdicts, True):
+            raise Unauthorized("not now")
+        return "user"
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            functools.partial(
+                quicframe.serve,
+                make_router("s"),
+                "127.0.0.1",
+                0,
+                server_config,
+                authenticator=flaky,
+            ),
+        )
+        async with quicframe.connect(
+            "127.0.0.1", server.port, client_config, idempotent=[WHO], early_data=True
+        ) as client:
+            assert await client.call(WHO, None) == "s"
+            for session in list(server._sessions):
+                await session.send_goaway(5.0)
+            await client._current.unusable.wait()
+            # Written early on a connection whose HELLO is then refused, the call
+            # is sent again on the connection after it.
+            assert await client.call(WHO, None) == "s"
+            stats = client.statistics()
+            assert stats.reconnects == 1
+            assert stats.reconnect_failures == 1
+            assert stats.early_calls == 2
+            assert stats.retries == 1
+        nursery.cancel_scope.cancel()
+
+
+@deadline(15)
+async def test_reconnect_after_a_restart_resumes_the_session(
+    server_config: ServerConfig, fast_client_config: ClientConfig
+) -> None:
+    # The restarted server shares the first one's ticket store, as a server that
+    # persists its tickets would; attempts made while it was down keep the ticket.
+    server_config, client_config, tickets = _resuming(server_config, fast_client_config)
+    async with trio.open_nursery() as nursery:
+        first = await start_server(nursery, make_router("first"), 0, server_config)
+        port = first.server.port
+        async with quicframe.connect(
+            "127.0.0.1", port, client_config, idempotent=[WHO], early_data=True
+        ) as client:
+            assert await client.call(WHO, None) == "first"
+            assert len(tickets) >= 1
+            failed = trio.Event()
+            handler = _OnRecord("reconnect attempt", failed.set)
+            logging.getLogger("quicframe.client").addHandler(handler)
+            try:
+                await first.kill()
+                await failed.wait()  # one attempt failed while no server listened
+            finally:
+                logging.getLogger("quicframe.client").removeHandler(handler)
+            second = await start_server(nursery, make_router("second"), port, server_config)
+            with trio.fail_after(5):
+                assert await client.call(WHO, None) == "second"
+            assert client.connection.session_resumed
+            assert client.statistics().reconnect_failures >= 1
+            assert client.statistics().reconnects == 1
+            await second.kill()
 
 
 def test_backoff_grows_caps_and_jitters() -> None:
