@@ -324,6 +324,54 @@ async def test_nat_rebinding_mid_transfer(
                 assert await client.ping() > 0
 
 
+async def test_nat_rebinding_mid_transfer_through_chaos_proxy(
+    server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    # Real loopback UDP: mid-transfer the proxy gives the client a new upstream
+    # port, as a NAT that lost its mapping; the server must follow the client there.
+    payload = payload_of(4 * MIB, seed=9)
+    a_third_arrived = trio.Event()
+    connections: list[Connection] = []
+
+    def watch(received: int) -> None:
+        if received >= len(payload) // 3:
+            a_third_arrived.set()
+
+    async def handler(connection: Connection) -> None:
+        connections.append(connection)
+        await hashing_handler(connection, on_progress=watch)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            listener: Listener = await nursery.start(serve, SERVER_HOST, 0, server_config, handler)
+            async with (
+                ChaosProxy((SERVER_HOST, listener.port), seed=4) as proxy,
+                connect(SERVER_HOST, proxy.port, client_config) as client,
+            ):
+                old = proxy.upstream_address(client.local_address)
+                transferring = True
+                rebound_mid_transfer = False
+
+                async def rebind_midway() -> None:
+                    nonlocal rebound_mid_transfer
+                    await a_third_arrived.wait()
+                    rebound_mid_transfer = transferring
+                    assert await proxy.rebind() == 1
+
+                async with trio.open_nursery() as transfer:
+                    transfer.start_soon(rebind_midway)
+                    await send_and_verify(client, payload)
+                    transferring = False
+                assert rebound_mid_transfer
+                new = proxy.upstream_address(client.local_address)
+                assert new != old
+                (server_side,) = connections
+                assert tuple(server_side.remote_address[:2]) == tuple(new[:2])
+                assert client.closed is None
+                assert await client.ping() > 0
+            nursery.cancel_scope.cancel()
+
+
 async def test_migrate_mid_transfer(
     autojump_clock: trio.testing.MockClock,
     server_config: ServerConfig,

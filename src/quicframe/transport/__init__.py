@@ -11,6 +11,7 @@ from ._connection import Connection as Connection, ConnectionStatistics as Conne
 from ._endpoint import (
     Listener as Listener,
     ListenerStatistics as ListenerStatistics,
+    SocketFactory as SocketFactory,
     connect as connect,
     serve as serve,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "ListenerStatistics",
     "ServerTicketStore",
     "SessionTicketStore",
+    "SocketFactory",
     "Stream",
     "StreamResetByPeer",
     "StreamStatistics",

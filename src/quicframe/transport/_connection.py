@@ -93,6 +93,9 @@ class ConnectionStatistics:
             receives.
         datagrams_received: DATAGRAM frames received.
         datagrams_dropped: DATAGRAM frames dropped because the receive queue was full.
+        early_data_received: server side, stream bytes received before the
+            handshake completed, i.e. 0-RTT data (see
+            :attr:`Connection.early_data_received`); 0 on the client.
     """
 
     smoothed_rtt: float
@@ -106,6 +109,7 @@ class ConnectionStatistics:
     bytes_buffered: int
     datagrams_received: int
     datagrams_dropped: int
+    early_data_received: int
 
 
 def _is_client_initiated(stream_id: int) -> bool:
@@ -196,6 +200,9 @@ class Connection:
         self._alpn_protocol: str | None = None
         self._session_resumed = False
         self._early_data_accepted = False
+        # Server side: stream bytes that arrived before HandshakeCompleted (0-RTT).
+        self._counting_early_data = not is_client
+        self._early_data_received = 0
         self._close_requested = False  # the application called aclose()
         self._close_issued = False  # the core was told to close
         self._drain_lot = trio.lowlevel.ParkingLot()  # graceful aclose() waits here
@@ -239,6 +246,18 @@ class Connection:
     def early_data_accepted(self) -> bool:
         """True when the server accepted 0-RTT data (known once the handshake is done)."""
         return self._early_data_accepted
+
+    @property
+    def early_data_received(self) -> int:
+        """Server side: stream bytes the client sent as 0-RTT data (0 on the client).
+
+        Counts the stream data that arrived before the handshake completed.
+        ``early_data_accepted`` only says that the server agreed to take 0-RTT
+        data (a resuming client offers it whether or not it sends any); this says
+        how much actually came.  Under loss, a 1-RTT packet that overtakes the
+        client's lost handshake completion would be counted too.
+        """
+        return self._early_data_received
 
     @property
     def handshake_complete(self) -> bool:
@@ -511,6 +530,7 @@ class Connection:
             bytes_buffered=buffered,
             datagrams_received=self._datagrams_received,
             datagrams_dropped=self._datagrams_dropped,
+            early_data_received=self._early_data_received,
         )
 
     def __repr__(self) -> str:
@@ -796,6 +816,8 @@ class Connection:
             event_type = type(event)
             if event_type is core_events.StreamDataReceived:
                 assert isinstance(event, core_events.StreamDataReceived)
+                if self._counting_early_data:
+                    self._early_data_received += len(event.data)
                 stream = self._streams.get(event.stream_id)
                 if stream is None:
                     stream = self._new_peer_stream(event.stream_id)
@@ -837,6 +859,7 @@ class Connection:
                 self._alpn_protocol = event.alpn_protocol
                 self._session_resumed = event.session_resumed
                 self._early_data_accepted = event.early_data_accepted
+                self._counting_early_data = False
                 self._handshake_done.set()
                 self._endpoint._handshake_finished(self)
             elif event_type is core_events.ConnectionIdIssued:

@@ -548,3 +548,82 @@ class AioquicCore:
             packets_sent=connection._packet_number,
             packets_lost=self._packets_lost,
         )
+
+
+# --------------------------------------------------------------------------------------
+# Client session tickets as plain data (the file format of SessionTicketStore(path=...)).
+# --------------------------------------------------------------------------------------
+
+
+def ticket_to_record(ticket: SessionTicket) -> dict[str, Any]:
+    """A client session ticket as JSON-ready data; ``ticket_from_record`` reverses it."""
+    return {
+        "server_name": ticket.server_name,
+        "ticket": ticket.ticket.hex(),
+        "resumption_secret": ticket.resumption_secret.hex(),
+        "cipher_suite": int(ticket.cipher_suite),
+        "age_add": ticket.age_add,
+        "not_valid_before": ticket.not_valid_before.isoformat(),
+        "not_valid_after": ticket.not_valid_after.isoformat(),
+        "max_early_data_size": ticket.max_early_data_size,
+        "other_extensions": [[kind, value.hex()] for kind, value in ticket.other_extensions],
+    }
+
+
+def ticket_from_record(record: object) -> SessionTicket:
+    """Rebuild a ticket from ``ticket_to_record`` data.
+
+    Raises:
+        ValueError: ``record`` is not what ``ticket_to_record`` produces.
+    """
+    import datetime  # only the ticket file needs it
+
+    if not isinstance(record, dict):
+        raise ValueError("a ticket record is a JSON object")
+
+    def number(value: object, name: str, bits: int) -> int:
+        if type(value) is not int or not 0 <= value < 1 << bits:
+            raise ValueError(f"ticket field {name!r} is not a {bits}-bit unsigned integer")
+        return value
+
+    def text(name: str) -> str:
+        value = record.get(name)
+        if type(value) is not str:
+            raise ValueError(f"ticket field {name!r} is missing or not a string")
+        return value
+
+    def moment(name: str) -> datetime.datetime:
+        value = datetime.datetime.fromisoformat(text(name))
+        if value.tzinfo is None:
+            raise ValueError(f"ticket field {name!r} has no time zone")
+        return value
+
+    cipher_suite = tls.CipherSuite(number(record.get("cipher_suite"), "cipher_suite", 16))
+    secret = bytes.fromhex(text("resumption_secret"))
+    if len(secret) != (48 if cipher_suite == tls.CipherSuite.AES_256_GCM_SHA384 else 32):
+        raise ValueError("the resumption secret does not fit the cipher suite")
+    label = bytes.fromhex(text("ticket"))
+    if not 0 < len(label) < 1 << 16:
+        raise ValueError("the ticket label is empty or too long")
+    max_early_data_size = record.get("max_early_data_size")
+    if max_early_data_size is not None:
+        max_early_data_size = number(max_early_data_size, "max_early_data_size", 32)
+    extensions = record.get("other_extensions")
+    if type(extensions) is not list:
+        raise ValueError("ticket field 'other_extensions' is missing or not a list")
+    other_extensions: list[tuple[int, bytes]] = []
+    for item in extensions:
+        if type(item) is not list or len(item) != 2 or type(item[1]) is not str:
+            raise ValueError("a ticket extension is an [int, hex string] pair")
+        other_extensions.append((number(item[0], "other_extensions", 16), bytes.fromhex(item[1])))
+    return SessionTicket(
+        age_add=number(record.get("age_add"), "age_add", 32),
+        cipher_suite=cipher_suite,
+        not_valid_after=moment("not_valid_after"),
+        not_valid_before=moment("not_valid_before"),
+        resumption_secret=secret,
+        server_name=text("server_name"),
+        ticket=label,
+        max_early_data_size=max_early_data_size,
+        other_extensions=other_extensions,
+    )
