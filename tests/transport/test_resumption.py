@@ -180,3 +180,65 @@ async def test_early_data_on_the_fake_network(
         (True, True, 500, b"b" * 500),
         (True, True, 0, b"c"),
     ]
+
+
+async def test_early_request_is_answered_within_one_round_trip(
+    autojump_clock: trio.testing.MockClock,
+    server_config: ServerConfig,
+    client_config: ClientConfig,
+) -> None:
+    # 50 ms each way on the fake network, in virtual time: one round trip is 0.1 s.
+    # A server that waited for the client's Finished before handing the
+    # connection to its handler would answer a 0-RTT request one round trip
+    # later than one that serves it at once (as 0.5-RTT data).
+    client_config.session_tickets = SessionTicketStore()
+    during_handshake: list[bool] = []
+
+    async def handler(connection: Connection) -> None:
+        stream = await connection.accept_stream()
+        request = bytearray()
+        while chunk := await stream.receive_some():
+            request += chunk
+        during_handshake.append(not connection.handshake_complete)
+        await stream.send_all(b"re:" + request)
+        await stream.send_eof()
+        await connection.accept_stream()  # until the client closes
+
+    async def timed_request(port: int, factory: SocketFactory, *, early_data: bool) -> float:
+        start = trio.current_time()
+        async with connect(
+            "127.0.0.1",
+            port,
+            client_config,
+            early_data=early_data,
+            local_host="127.0.0.2",
+            socket_factory=factory,
+        ) as conn:
+            stream = await conn.open_stream()
+            await stream.send_all(b"quote?")
+            await stream.send_eof()
+            reply = bytearray()
+            while chunk := await stream.receive_some():
+                reply += chunk
+            elapsed = trio.current_time() - start
+            assert reply == b"re:quote?"
+            await conn.ping()  # collect the server's ticket for the next connection
+        return elapsed
+
+    with trio.fail_after(60):
+        async with (
+            FakeNetwork(seed=5, policy=LinkPolicy(delay=0.05)) as net,
+            trio.open_nursery() as nursery,
+        ):
+            listener: Listener = await nursery.start(
+                functools.partial(
+                    serve, "127.0.0.1", 0, server_config, handler, socket_factory=net.socket_factory
+                )
+            )
+            factory = net.socket_factory
+            full = await timed_request(listener.port, factory, early_data=False)
+            early = await timed_request(listener.port, factory, early_data=True)
+            nursery.cancel_scope.cancel()
+    assert during_handshake == [False, True]
+    assert 0.199 < full < 0.25  # the handshake's round trip, then the request's
+    assert 0.099 < early < 0.15  # the request rode with the handshake

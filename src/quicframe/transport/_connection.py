@@ -203,6 +203,10 @@ class Connection:
         # Server side: stream bytes that arrived before HandshakeCompleted (0-RTT).
         self._counting_early_data = not is_client
         self._early_data_received = 0
+        # Set on a server when the first stream data arrives as 0-RTT: the
+        # connection is handed to the handler then, without waiting for the
+        # client's Finished (the reply leaves as 0.5-RTT data).
+        self._early_data_arrived = trio.Event()
         self._close_requested = False  # the application called aclose()
         self._close_issued = False  # the core was told to close
         self._drain_lot = trio.lowlevel.ParkingLot()  # graceful aclose() waits here
@@ -818,6 +822,8 @@ class Connection:
                 assert isinstance(event, core_events.StreamDataReceived)
                 if self._counting_early_data:
                     self._early_data_received += len(event.data)
+                    if not self._early_data_arrived.is_set():
+                        self._early_data_arrived.set()
                 stream = self._streams.get(event.stream_id)
                 if stream is None:
                     stream = self._new_peer_stream(event.stream_id)
@@ -862,6 +868,13 @@ class Connection:
                 self._counting_early_data = False
                 self._handshake_done.set()
                 self._endpoint._handshake_finished(self)
+            elif event_type is core_events.ProtocolNegotiated:
+                assert isinstance(event, core_events.ProtocolNegotiated)
+                # A server learns this (and whether the session resumed) from the
+                # ClientHello, before 0-RTT data can reach a handler.
+                self._alpn_protocol = event.alpn_protocol
+                if not self._is_client:
+                    self._session_resumed, self._early_data_accepted = self._core.resumption_state()
             elif event_type is core_events.ConnectionIdIssued:
                 assert isinstance(event, core_events.ConnectionIdIssued)
                 self._endpoint._add_cid(self, event.connection_id)
@@ -947,21 +960,29 @@ class Connection:
         self._ping_lot.unpark_all()
         self._drain_lot.unpark_all()
 
-    async def _wait_handshake_quietly(self) -> None:
+    async def _wait_handshake_quietly(self, *, or_early_data: bool = False) -> None:
         with contextlib.suppress(HandshakeError):
-            await self._wait_handshake()
+            await self._wait_handshake(or_early_data=or_early_data)
 
-    async def _wait_handshake(self) -> None:
-        """Wait for the handshake; raise HandshakeError if the connection dies first."""
+    async def _wait_handshake(self, *, or_early_data: bool = False) -> None:
+        """Wait for the handshake; raise HandshakeError if the connection dies first.
+
+        With ``or_early_data`` (a server), 0-RTT stream data arriving ends the
+        wait as well.
+        """
         async with trio.open_nursery() as nursery:
 
-            async def watch_termination() -> None:
-                await self._closing.wait()
+            async def watch(event: trio.Event) -> None:
+                await event.wait()
                 nursery.cancel_scope.cancel()
 
-            nursery.start_soon(watch_termination)
+            nursery.start_soon(watch, self._closing)
+            if or_early_data:
+                nursery.start_soon(watch, self._early_data_arrived)
             await self._handshake_done.wait()
             nursery.cancel_scope.cancel()
+        if or_early_data and self._early_data_arrived.is_set() and not self._closing.is_set():
+            return
         if not self._handshake_done.is_set():
             code, is_transport, reason = self._core.close_reason()
             name = transport_code_name(code) if is_transport else code_name(code)

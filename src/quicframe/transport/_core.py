@@ -407,6 +407,17 @@ class AioquicCore:
     def stream_exists(self, stream_id: int) -> bool:
         return stream_id in self._quic_connection._streams
 
+    # -- handshake ------------------------------------------------------------------
+
+    def resumption_state(self) -> tuple[bool, bool]:
+        """(session resumed, early data accepted) as TLS decided them so far.
+
+        A server knows both once it has processed the ClientHello, a flight
+        before the handshake completes.
+        """
+        tls_context = self._quic_connection.tls
+        return tls_context.session_resumed, tls_context.early_data_accepted
+
     # -- priorities -----------------------------------------------------------------
 
     def datagrams_by_urgency(

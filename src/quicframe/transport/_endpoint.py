@@ -426,8 +426,8 @@ class Endpoint:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(connection._run)
             with trio.move_on_after(_server_handshake_timeout(self._server_config)):
-                await connection._wait_handshake_quietly()
-            if not connection._handshake_done.is_set():
+                await connection._wait_handshake_quietly(or_early_data=True)
+            if not (connection._handshake_done.is_set() or connection._early_data_arrived.is_set()):
                 # Dead or too slow: drop it without waking anyone.
                 nursery.cancel_scope.cancel()
                 return
