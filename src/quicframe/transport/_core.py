@@ -26,6 +26,7 @@ from aioquic._buffer import Buffer  # the C buffer; aioquic.buffer re-exports it
 from aioquic.quic import events as core_events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import (
+    MAX_STREAM_DATA_FRAME_CAPACITY,
     TRANSPORT_CLOSE_FRAME_CAPACITY,
     QuicConnection,
     QuicConnectionState,
@@ -235,14 +236,13 @@ class _CreditGatedStream(_AioquicStream):
     aioquic raises a stream's MAX_STREAM_DATA as data *arrives* (it doubles
     ``max_stream_data_local`` once the peer has used half of it), so a reader that
     stops reading would still let the peer send without bound into our buffers.
-    Instances of aioquic's own stream class are switched to this class in place;
-    every raise aioquic attempts is capped at ``_qf_ceiling``, which the driver moves
-    forward as the application reads (consumed + window).  The limit never goes
-    down, as RFC 9000 requires.
+    Instances of aioquic's own stream class are switched to this class in place.
+    For them the connection's per-packet limit writer (replaced in
+    :class:`AioquicCore`) never doubles anything: the limit moves only when the
+    driver grants credit as the application reads (consumed + window), and never
+    goes down, as RFC 9000 requires.
     """
 
-    _qf_limit: int
-    _qf_ceiling: int
     _qf_released: bool
 
     @property
@@ -252,14 +252,6 @@ class _CreditGatedStream(_AioquicStream):
         # the stream (closed it, or finished both directions) bounds the streams a
         # peer can pile up on an application that does not accept or read them.
         return self._qf_released and self.receiver.is_finished and self.sender.is_finished
-
-    @property
-    def max_stream_data_local(self) -> int:
-        return self._qf_limit
-
-    @max_stream_data_local.setter
-    def max_stream_data_local(self, value: int) -> None:
-        self._qf_limit = max(self._qf_limit, min(value, self._qf_ceiling))
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +291,39 @@ class AioquicCore:
             original(packets=packets, **kwargs)
 
         recovery._on_packets_lost = counting_on_packets_lost  # type: ignore[method-assign]
+
+        # aioquic calls its limit writer for every stream in every packet it builds.
+        # For credit-gated streams only a grant made by the driver can be due, so
+        # one comparison decides; other streams keep aioquic's own behaviour.
+        aioquic_stream_limits = type(connection)._write_stream_limits
+        logger = connection._quic_logger
+
+        def write_stream_limits(
+            builder: QuicPacketBuilder, space: QuicPacketSpace, stream: _AioquicStream
+        ) -> None:
+            if stream.__class__ is not _CreditGatedStream:
+                aioquic_stream_limits(connection, builder, space, stream)
+                return
+            limit = stream.max_stream_data_local
+            stream_id = stream.stream_id
+            if stream.max_stream_data_local_sent == limit or stream_id is None:
+                return
+            buf = builder.start_frame(
+                QuicFrameType.MAX_STREAM_DATA,
+                capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+                handler=connection._on_max_stream_data_delivery,
+                handler_args=(stream,),
+            )
+            buf.push_uint_var(stream_id)
+            buf.push_uint_var(limit)
+            stream.max_stream_data_local_sent = limit
+            frames = builder.quic_logger_frames
+            if logger is not None and frames is not None:
+                frames.append(
+                    logger.encode_max_stream_data_frame(maximum=limit, stream_id=stream_id)
+                )
+
+        connection._write_stream_limits = write_stream_limits  # type: ignore[method-assign]
 
     @classmethod
     def client(
@@ -357,11 +382,8 @@ class AioquicCore:
         stream = self._stream(stream_id)
         if stream is None or isinstance(stream, _CreditGatedStream):
             return
-        limit = stream.__dict__.pop("max_stream_data_local")
         stream.__class__ = _CreditGatedStream
         assert isinstance(stream, _CreditGatedStream)
-        stream._qf_limit = limit
-        stream._qf_ceiling = limit
         stream._qf_released = False
 
     def release_stream(self, stream_id: int) -> bool:
@@ -387,11 +409,8 @@ class AioquicCore:
     def grant_stream_credit(self, stream_id: int, ceiling: int) -> None:
         """Let the peer send up to offset ``ceiling``; announced at the next flush."""
         stream = self._stream(stream_id)
-        if not isinstance(stream, _CreditGatedStream):
-            return
-        stream._qf_ceiling = ceiling
-        if ceiling > stream._qf_limit:
-            stream._qf_limit = ceiling
+        if isinstance(stream, _CreditGatedStream) and ceiling > stream.max_stream_data_local:
+            stream.max_stream_data_local = ceiling
 
     def unacknowledged_stream_bytes(self) -> int:
         """Stream bytes written and not yet acknowledged, over streams not reset."""

@@ -66,6 +66,7 @@ class Stream(trio.abc.HalfCloseableStream):
         self._connection = connection
         self._stream_id = stream_id
         self._closed = False
+        self._forgotten = False  # the connection was told the application is done
         # Receive side.
         # Received chunks as the core delivered them, so reading the common case (a
         # whole chunk) copies nothing; _receive_size is their total length.
@@ -250,7 +251,7 @@ class Stream(trio.abc.HalfCloseableStream):
     def _maybe_done(self) -> None:
         # Once neither direction can give the application anything more, the
         # connection lets the core discard the stream (see AioquicCore.release_stream).
-        if self._closed:
+        if self._forgotten:
             return
         send_over = self._send_closed or self._send_error is not None
         receive_over = (
@@ -259,6 +260,7 @@ class Stream(trio.abc.HalfCloseableStream):
             or (self._receive_eof and not self._receive_size)
         )
         if send_over and receive_over:
+            self._forgotten = True
             self._connection._forget_stream(self)
 
     def reset(self, code: int = 0) -> None:
@@ -399,7 +401,9 @@ class Stream(trio.abc.HalfCloseableStream):
             self._finish_sending()
             self.stop_sending(0)
             self._closed = True
-            self._connection._forget_stream(self)
+            if not self._forgotten:
+                self._forgotten = True
+                self._connection._forget_stream(self)
             if self._send_lot:
                 self._send_lot.unpark_all()
             if self._receive_lot:
