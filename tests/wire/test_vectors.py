@@ -183,13 +183,17 @@ INVALID: dict[str, ErrorCode] = {
 
 
 def test_every_vector_is_checked() -> None:
-    # The session vectors (section 7) are checked in tests/session/test_protocol_vectors.py.
+    # The session vectors (section 7) are checked in tests/session/test_protocol_vectors.py,
+    # the pub/sub vectors (section 11) in tests/pubsub/test_protocol_vectors.py.
+    from ..pubsub.test_protocol_vectors import PUBSUB_VECTORS
     from ..session.test_protocol_vectors import SESSION_VECTORS
 
     session = {name for name in VECTORS if name.startswith("session-")}
     assert session == set(SESSION_VECTORS)
-    assert len(VECTORS) - len(session) >= 14
-    assert set(VECTORS) - session == set(DECODERS) | set(INVALID)
+    pubsub = {name for name in VECTORS if name.startswith("pubsub-")}
+    assert pubsub == set(PUBSUB_VECTORS)
+    assert len(VECTORS) - len(session) - len(pubsub) >= 14
+    assert set(VECTORS) - session - pubsub == set(DECODERS) | set(INVALID)
     assert set(ENCODERS) <= set(DECODERS)
 
 

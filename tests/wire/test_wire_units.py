@@ -40,9 +40,10 @@ from quicframe.wire import (
 
 
 def test_wire_imports_neither_trio_nor_aioquic() -> None:
-    """The sans-IO layer must load without the I/O stack (checked in a fresh interpreter)."""
+    """The sans-IO layers (wire, and pub/sub above it) must load without the I/O stack
+    (checked in a fresh interpreter)."""
     code = (
-        "import sys, quicframe.wire, quicframe.errors\n"
+        "import sys, quicframe.wire, quicframe.errors, quicframe.pubsub\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('trio', 'aioquic'))\n"
         "print(','.join(bad))\n"
     )

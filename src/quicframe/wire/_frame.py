@@ -56,7 +56,13 @@ class FrameType(enum.IntEnum):
     REQUEST = 0x07
     RESPONSE = 0x08
     ERROR = 0x09
-    # 0x0A-0x0F: reserved for market-data control frames.
+    # 0x0A-0x0F: market-data (pub/sub) control frames, see quicframe.pubsub.
+    SUBSCRIBE = 0x0A
+    SUBSCRIBED = 0x0B
+    SNAPSHOT = 0x0C
+    GAP = 0x0D
+    UNSUBSCRIBE = 0x0E
+    # 0x0F: reserved for a later market-data control frame.
     MARKET_TICK = 0x10
     ORDER_ACK = 0x11
 

@@ -402,6 +402,7 @@ class FixedLayoutCodec(Generic[T]):
         "frame_type",
         "iter_unpack_frames",
         "make",
+        "pack_frame",
         "size",
     )
 
@@ -426,6 +427,10 @@ class FixedLayoutCodec(Generic[T]):
         frame = struct.Struct(">BBHHHI" + layout[1:])
         header = (frame_type, 0, WIRE_VERSION, 0, 0, self.size)
         self._pack_frame: Callable[..., bytes] = functools.partial(frame.pack, *header)
+        # Public form of the same: ``pack_frame(*fields)`` writes a whole frame from
+        # the field values given positionally, with no value object built first (the
+        # pub/sub layer stamps sequence numbers this way).  No error translation.
+        self.pack_frame: Callable[..., bytes] = self._pack_frame
         self._frame = frame
         self._header = header
         # Decoding from the start of a frame skips the 12 header bytes in the format.

@@ -1,0 +1,271 @@
+"""The sans-IO topic: sequence numbers, encode once, history, fan-out.
+
+:class:`TopicCore` is what the trio-level ``quicframe.Topic`` will wrap: its
+``publish`` is synchronous and never waits; it returns the sequence number, and
+:attr:`TopicCore.backpressure` tells the async wrapper whether to wait for BLOCK
+subscribers to drain before publishing again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable, Hashable
+from typing import Any, Final, Generic, TypeVar
+
+from ..wire import FixedLayoutCodec, MarketTick, OrderAck, default_registry
+from ..wire._errors import ErrorCode, LocalProtocolError
+from ..wire._registry import FrameRegistry
+from ._backbone import DEFAULT_HISTORY, Backbone, Entry, InMemoryBackbone, TopicLog
+from ._queue import DEFAULT_QUEUE_SIZE, Policy, SubscriberQueue
+
+__all__ = ["TopicCore", "Urgency", "make_stamper"]
+
+T = TypeVar("T")
+
+_tuple_new: Final[Callable[[type[Any], tuple[Any, ...]], Any]] = tuple.__new__
+
+
+class Urgency(enum.IntEnum):
+    """Scheduling classes of subscription frames: higher is sent first."""
+
+    LOW = 0  # latest-value data: ticks
+    NORMAL = 1
+    HIGH = 2  # data that must not wait behind ticks: order acknowledgements
+
+
+Stamper = Callable[[Any, int, int], bytes]
+
+
+def make_stamper(cls: type[Any], registry: FrameRegistry = default_registry) -> Stamper:
+    """A function ``stamp(value, seq, now_ns) -> frame bytes`` for frame class ``cls``.
+
+    The frame written carries ``seq`` in the value's ``seq`` field and ``now_ns`` in
+    its ``send_time_ns`` field (when it has one); the value itself is not changed.
+    For a fixed-layout frame this is one ``struct.pack`` call with the fields passed
+    straight through: no intermediate value object is built.  Other frame classes
+    (dataclasses with a msgpack codec, say) go through ``dataclasses.replace`` or
+    ``_replace`` and the registry's encoder.
+
+    Raises:
+        TypeError: ``cls`` is not a registered frame class or has no ``seq`` field.
+    """
+    spec = registry.spec_for_class(cls)
+    if spec is None:
+        raise TypeError(f"{cls.__name__} is not a registered frame class")
+    codec = spec.codec
+    fields: tuple[str, ...] | None = getattr(cls, "_fields", None)
+    if fields is None and dataclasses.is_dataclass(cls):
+        fields = tuple(f.name for f in dataclasses.fields(cls))
+    if fields is None or "seq" not in fields:
+        raise TypeError(f"{cls.__name__} has no 'seq' field to carry the sequence number")
+    stamped = {"seq": "seq"}
+    if "send_time_ns" in fields:
+        stamped["send_time_ns"] = "now_ns"
+    if isinstance(codec, FixedLayoutCodec):
+        # Generated once per frame class: the fields in layout order, two of them
+        # replaced by the arguments.  Names are identifiers, indices are ints.
+        args = ", ".join(stamped.get(name, f"value[{i}]") for i, name in enumerate(fields))
+        source = f"def stamp(value, seq, now_ns):\n    return pack({args})\n"
+        namespace: dict[str, Any] = {"pack": codec.pack_frame}
+        exec(source, namespace)
+        fast: Stamper = namespace["stamp"]
+        return fast  # struct.error / TypeError for a bad field: see TopicCore.publish
+    encode = registry.encode
+    if dataclasses.is_dataclass(cls):
+
+        def stamp_dataclass(value: Any, seq: int, now_ns: int) -> bytes:
+            changes = {k: (seq if v == "seq" else now_ns) for k, v in stamped.items()}
+            return encode(dataclasses.replace(value, **changes))
+
+        return stamp_dataclass
+
+    def stamp_tuple(value: Any, seq: int, now_ns: int) -> bytes:
+        changes = {k: (seq if v == "seq" else now_ns) for k, v in stamped.items()}
+        return encode(value._replace(**changes))
+
+    return stamp_tuple
+
+
+def _constant_key(value: object) -> None:
+    return None
+
+
+class TopicCore(Generic[T]):
+    """One topic, without I/O: numbering, encoding, history and fan-out.
+
+    Args:
+        name: the topic name subscribers ask for (e.g. ``"md.ticks"``).
+        frame: the frame class published (a registered frame class with a ``seq``
+            field, and ideally ``send_time_ns``: ``MarketTick``, ``OrderAck``...).
+        key: the key of a value (e.g. ``lambda t: t.instrument_id``): conflation and
+            the snapshot keep the latest value per key.  Without one, every value has
+            the same key (the snapshot is the last value published).
+        history: frames of history kept for replay (in-memory backbone).
+        backbone: where the sequence, history and last values live (default: a new
+            :class:`InMemoryBackbone`).
+        policy: the default queue policy of subscriptions that do not choose one
+            (default: CONFLATE for ``MarketTick``, BLOCK for anything else).
+        queue_size: the default queue capacity.
+        urgency: the scheduling class of this topic's frames (default: LOW for
+            ``MarketTick``, HIGH for ``OrderAck``, NORMAL otherwise).
+        stale_after_ns: frames not sent within this time after publishing are
+            dropped as stale (None: never stale).
+        registry: the frame registry ``frame`` is registered in.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        frame: type[T],
+        *,
+        key: Callable[[T], Hashable] | None = None,
+        history: int = DEFAULT_HISTORY,
+        backbone: Backbone | None = None,
+        policy: Policy | str | None = None,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        urgency: int | None = None,
+        stale_after_ns: int | None = None,
+        registry: FrameRegistry = default_registry,
+    ) -> None:
+        spec = registry.spec_for_class(frame)
+        if spec is None:
+            raise TypeError(f"{frame.__name__} is not a registered frame class")
+        self.name = name
+        self.frame = frame
+        self.frame_type: int = spec.frame_type
+        self.codec = spec.codec
+        self._stamp = make_stamper(frame, registry)
+        self._key: Callable[[T], Hashable] = key if key is not None else _constant_key
+        if backbone is None:
+            backbone = InMemoryBackbone(history)
+        if isinstance(backbone, InMemoryBackbone):
+            self.log: TopicLog = backbone.log(name, history)
+        else:
+            self.log = backbone.log(name)
+        self._append = self.log.append
+        self._seq = self.log.head
+        if policy is None:
+            policy = Policy.CONFLATE if frame is MarketTick else Policy.BLOCK
+        self.policy = Policy(policy)
+        self.queue_size = queue_size
+        if urgency is None:
+            urgency = (
+                Urgency.LOW
+                if frame is MarketTick
+                else Urgency.HIGH
+                if frame is OrderAck
+                else Urgency.NORMAL
+            )
+        self.urgency = int(urgency)
+        self.stale_after_ns = stale_after_ns
+        self._queues: list[SubscriberQueue] = []
+        self._blocking: list[SubscriberQueue] = []
+
+    # -- publishing ----------------------------------------------------------------------
+
+    @property
+    def head(self) -> int:
+        """The last sequence number published (0 before the first)."""
+        return self._seq
+
+    def publish(self, value: T, now_ns: int) -> int:
+        """Publish ``value``: number it, stamp ``now_ns`` as its send time, encode it
+        once, append it to the history and put the same bytes in every subscriber's
+        queue.  Returns the sequence number.
+
+        ``now_ns`` is wall-clock time in nanoseconds since the epoch (the frame's
+        ``send_time_ns``, from which the client measures latency); the staleness
+        deadline is counted from it, so the sender's ``now_ns`` must use the same
+        clock.
+
+        Never waits: when it returns, check :attr:`backpressure` (BLOCK subscribers
+        that are full) before publishing again.  A DISCONNECT subscriber that
+        overflowed is failed (its queue's ``error`` is set) and detached here; its
+        owner sends the error.
+
+        Raises:
+            LocalProtocolError: the value cannot be encoded (MALFORMED_BODY); nothing
+                was numbered or sent.
+        """
+        seq = self._seq + 1
+        try:
+            data = self._stamp(value, seq, now_ns)
+        except LocalProtocolError:
+            raise
+        except Exception as exc:
+            raise LocalProtocolError(
+                f"topic {self.name!r}: cannot encode {type(value).__name__}: {exc}",
+                code=ErrorCode.MALFORMED_BODY,
+                frame_type=self.frame_type,
+                operation="publish",
+            ) from None
+        stale = self.stale_after_ns
+        # One Entry per publish, shared by the history and every queue.
+        entry: Entry = _tuple_new(
+            Entry,
+            (seq, self._key(value), data, self.urgency, now_ns + stale if stale is not None else 0),
+        )
+        self._append(entry)
+        self._seq = seq
+        for queue in self._queues:  # _prune rebinds the list: iterating stays safe
+            if queue.put(entry):
+                self._prune()
+        return seq
+
+    def ingest(self, seq: int, data: bytes, key: Hashable, now_ns: int) -> None:
+        """Fan out a frame numbered elsewhere (a remote backbone's consumer, issue 10).
+
+        ``data`` must already carry ``seq``; ``seq`` must be above :attr:`head`.
+        """
+        stale = self.stale_after_ns
+        entry = Entry(seq, key, data, self.urgency, now_ns + stale if stale is not None else 0)
+        self._append(entry)
+        self._seq = seq
+        for queue in self._queues:
+            if queue.put(entry):
+                self._prune()
+
+    def _prune(self) -> None:
+        self._queues = [q for q in self._queues if not q.closed]
+        self._blocking = [q for q in self._blocking if not q.closed]
+
+    @property
+    def backpressure(self) -> bool:
+        """True while some BLOCK subscriber's queue is full: the publisher should wait
+        until :meth:`blocking_queues` have drained (nothing is dropped meanwhile)."""
+        return any(queue.full for queue in self._blocking)
+
+    def blocking_queues(self) -> list[SubscriberQueue]:
+        """The BLOCK queues that are full now."""
+        return [q for q in self._blocking if q.full]
+
+    # -- subscribers ---------------------------------------------------------------------
+
+    def attach(
+        self,
+        *,
+        policy: Policy | str | None = None,
+        capacity: int | None = None,
+        urgency: int | None = None,
+    ) -> SubscriberQueue:
+        """Add a subscriber queue; every frame published from now on goes into it."""
+        queue = SubscriberQueue(
+            self.name,
+            Policy(policy) if policy is not None else self.policy,
+            capacity if capacity is not None else self.queue_size,
+            urgency=self.urgency if urgency is None else urgency,
+        )
+        self._queues.append(queue)
+        if queue.policy is Policy.BLOCK:
+            self._blocking.append(queue)
+        return queue
+
+    def detach(self, queue: SubscriberQueue) -> None:
+        """Remove a subscriber queue (it is closed; what it held is dropped)."""
+        queue.close()
+        self._prune()
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._queues)
