@@ -13,7 +13,19 @@ import pytest
 import trio
 import trio.testing
 
-from quicframe.testing import ChaosProxy, FakeNetwork, FakeSocket, LinkPolicy
+from quicframe import ClientConfig, ServerConfig
+from quicframe.testing import (
+    ChaosProxy,
+    FakeNetwork,
+    FakeSocket,
+    LinkPolicy,
+    RandomWalkFeed,
+    self_signed_certificate,
+)
+from quicframe.transport import connect
+from quicframe.wire import PRICE_SCALE
+
+from .conftest import start_server
 
 A = ("127.0.0.1", 0)
 B = ("127.0.0.2", 0)
@@ -363,3 +375,39 @@ async def test_proxy_rebind_changes_the_source_address() -> None:
                 assert await client.recv(100) == b"delivered"
                 # One socket, read in order: "swallowed" was decided before.
                 assert proxy.statistics().to_client.dropped_blackhole == 1
+
+
+def test_random_walk_feed_is_reproducible_and_bounded() -> None:
+    first = RandomWalkFeed(8, seed=11)
+    second = RandomWalkFeed(8, seed=11)
+    ticks = [first.next_tick(i) for i in range(2000)]
+    assert ticks == [second.next_tick(i) for i in range(2000)]
+    assert {t.instrument_id for t in ticks} == set(range(8))
+    last: dict[int, int] = {}
+    step = PRICE_SCALE // 100
+    start = RandomWalkFeed(8, seed=11).prices
+    for tick in ticks:
+        before = last.get(tick.instrument_id, start[tick.instrument_id])
+        assert abs(tick.price - before) <= step
+        assert tick.price > 0
+        assert (tick.seq, tick.send_time_ns) == (0, 0)
+        last[tick.instrument_id] = tick.price
+    ack = first.next_ack(5)
+    assert ack.filled_quantity == ack.quantity > 0
+    assert ack.price == first.prices[ack.instrument_id]
+    with pytest.raises(ValueError, match="at least 1"):
+        RandomWalkFeed(0)
+
+
+async def test_in_memory_certificate_verifies() -> None:
+    certificate, key = self_signed_certificate()
+    config = ServerConfig(certificate=certificate, private_key=key)
+    client = ClientConfig(ca_data=certificate, server_name="localhost")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            handle = await start_server(nursery, config)
+            async with connect("127.0.0.1", handle.listener.port, client) as conn:
+                assert await conn.ping() > 0
+            handle.cancel_scope.cancel()
+    with pytest.raises(ValueError, match="at least 2"):
+        self_signed_certificate(days=1)

@@ -4,6 +4,9 @@
   trio's ``autojump_clock``; pass ``network.socket_factory`` to
   ``quicframe.transport.connect`` and ``serve``.
 - :class:`ChaosProxy`: a real UDP proxy on loopback between a client and a server.
+- :class:`RandomWalkFeed`: simulated quotes and order acknowledgements to publish.
+- :func:`self_signed_certificate` / :func:`write_self_signed_certificate`: throwaway
+  certificates for tests and development servers.
 
 Both mistreat packets per direction according to a :class:`LinkPolicy` (loss,
 duplication, reordering, delay, blackhole windows, bandwidth and a drop-tail queue),
@@ -11,9 +14,13 @@ drawing from seeded random generators, and count what they did in
 :class:`LinkStatistics`.  Only loopback addresses are accepted.
 """
 
-from ._certificates import write_self_signed_certificate as write_self_signed_certificate
+from ._certificates import (
+    self_signed_certificate as self_signed_certificate,
+    write_self_signed_certificate as write_self_signed_certificate,
+)
 from ._chaos_proxy import ChaosProxy as ChaosProxy, ProxyStatistics as ProxyStatistics
 from ._fake_network import FakeNetwork as FakeNetwork, FakeSocket as FakeSocket
+from ._feed import RandomWalkFeed as RandomWalkFeed
 from ._link import LinkPolicy as LinkPolicy, LinkStatistics as LinkStatistics
 
 __all__ = [
@@ -23,5 +30,7 @@ __all__ = [
     "LinkPolicy",
     "LinkStatistics",
     "ProxyStatistics",
+    "RandomWalkFeed",
+    "self_signed_certificate",
     "write_self_signed_certificate",
 ]

@@ -26,6 +26,23 @@ def write_self_signed_certificate(
         ``directory``.
     """
     directory = Path(directory)
+    certificate_pem, key_pem = self_signed_certificate(hostname, days=days)
+    cert_path = directory / "cert.pem"
+    key_path = directory / "key.pem"
+    cert_path.write_bytes(certificate_pem)
+    key_path.write_bytes(key_pem)
+    return cert_path, key_path
+
+
+def self_signed_certificate(hostname: str = "localhost", *, days: int = 30) -> tuple[bytes, bytes]:
+    """A self-signed certificate and its key as PEM bytes, never written to disk.
+
+    The same certificate as :func:`write_self_signed_certificate` makes: pass the
+    certificate to ``ServerConfig(certificate=..., private_key=...)`` and to
+    ``ClientConfig(ca_data=...)``.
+    """
+    if days < 2:
+        raise ValueError("days must be at least 2 (the certificate starts a day back)")
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
@@ -50,14 +67,9 @@ def write_self_signed_certificate(
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    cert_path = directory / "cert.pem"
-    key_path = directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
-    return cert_path, key_path
+    return certificate.public_bytes(serialization.Encoding.PEM), key_pem
