@@ -1,4 +1,4 @@
-"""Developer tasks: ``nox -s tests``, ``nox -s lint typecheck``, ``nox -s bench``."""
+"""Developer tasks: ``nox -s tests``, ``lint``, ``typecheck``, ``bench`` and ``fuzz``."""
 
 from __future__ import annotations
 
@@ -36,3 +36,16 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".")
     session.run("python", "bench/wire_bench.py", *session.posargs)
     session.run("python", "bench/transport_bench.py", *session.posargs)
+    session.run("python", "bench/pubsub_bench.py", *session.posargs)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Coverage-guided fuzzing of every parser of peer bytes (atheris), bounded.
+
+    Seconds per target: ``nox -s fuzz -- --seconds 60`` or ``QUICFRAME_FUZZ_SECONDS``
+    (default 10).  ``-- --merge`` adds the inputs that found new coverage to
+    ``tests/fuzz/corpus/``; ``-- --list`` names the targets.  See tests/fuzz/run.py.
+    """
+    session.install("-e", ".", "atheris>=2.3")
+    session.run("python", "tests/fuzz/run.py", *session.posargs)

@@ -45,6 +45,7 @@ from quicframe import ClientConfig, ServerConfig
 from quicframe.congestion import BbrCongestionControl
 from quicframe.testing import write_self_signed_certificate
 from quicframe.transport import Connection, connect, serve
+from quicframe.transport._core import as_aioquic
 
 LINK_RATE = 2.5e6  # bytes per second of UDP payload (20 Mbit/s)
 ONE_WAY_DELAY = 0.02
@@ -76,7 +77,7 @@ async def server_main(args: argparse.Namespace) -> None:
         start = trio.current_time()
 
         async def sampler() -> None:
-            cc = connection._core._quic_connection._loss._cc
+            cc = as_aioquic(connection._core)._quic_connection._loss._cc
             for i in range(int((args.window + 30) / SAMPLE_EVERY)):
                 await trio.sleep(SAMPLE_EVERY)
                 if trio.current_time() - start >= SKIP_FIRST:
@@ -104,7 +105,7 @@ async def server_main(args: argparse.Namespace) -> None:
             await stream.send_eof()
             nursery.cancel_scope.cancel()
         stats = connection.statistics()
-        cc = connection._core._quic_connection._loss._cc
+        cc = as_aioquic(connection._core)._quic_connection._loss._cc
         if isinstance(cc, BbrCongestionControl):
             result.update(
                 bbr_state=cc.state.value,

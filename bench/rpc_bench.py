@@ -3,9 +3,10 @@
 Usage::
 
     python bench/rpc_bench.py [--quick] [--rounds N] [--grpc-python PY] [--anchors DIR]
-    python bench/rpc_bench.py server --port P          # prints "READY <port>"
-    python bench/rpc_bench.py client --port P --workload w1|w2 [--quick]
-                                                       # prints "RESULT {json}"
+                              [--cores aioquic,qh3]
+    python bench/rpc_bench.py server --port P [--core qh3]   # prints "READY <port>"
+    python bench/rpc_bench.py client --port P --workload w1|w2 [--quick] [--core qh3]
+                                                             # prints "RESULT {json}"
 
 Workloads, as the anchors define them (``../shared/anchors/README.md``), over RPC:
 
@@ -29,6 +30,11 @@ that the machine's drifts spread over all of them.  It prints the median of each
 figure and the issue's targets: RPC W1 p50 <= 1.15 x transport W1 p50; RPC W1 p50
 < grpcio's W1 p50; RPC W2 calls/s >= 4 x grpcio's.  A side that cannot run (no
 grpcio, no anchors folder) is reported on a ``skipped`` line, not an error.
+
+``--cores aioquic,qh3`` (or ``both``) adds ``rpc-qh3`` and ``transport-qh3``: the
+same on quicframe's qh3 core (both ends), in the same rounds, with the qh3 core's
+targets: RPC W1 p50 <= 1.15 x transport W1 p50 (both on qh3) and RPC W1 p50
+<= 0.5 x grpcio's sync-server W1 p50.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ WINDOW: Final = 16 * 1024 * 1024
 perf = time.perf_counter_ns
 
 
-async def run_server(port: int) -> None:
+async def run_server(port: int, core: str) -> None:
     import quicframe
     from quicframe.testing import write_self_signed_certificate
 
@@ -75,6 +81,7 @@ async def run_server(port: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         cert, key = write_self_signed_certificate(folder)
         config = quicframe.ServerConfig(
+            core=core,
             certificate=cert,
             private_key=key,
             stream_receive_window=WINDOW,
@@ -96,11 +103,12 @@ def _stats(samples: list[int], wall: float) -> dict[str, float]:
     }
 
 
-async def run_client(port: int, workload: str, quick: bool) -> None:
+async def run_client(port: int, workload: str, quick: bool, core: str) -> None:
     import quicframe
 
     counts = QUICK if quick else FULL
     config = quicframe.ClientConfig(
+        core=core,
         insecure=True,
         server_name="localhost",
         stream_receive_window=WINDOW,
@@ -135,6 +143,9 @@ async def run_client(port: int, workload: str, quick: bool) -> None:
             await phase(counts["w2_warmup"])
             wall = await phase(counts["w2_calls"])
             record = {"calls_per_s": counts["w2_calls"] / wall, "n": counts["w2_calls"]}
+        # Packets this client sent, warm-up and handshake included: how well calls
+        # share packets (the transport's W1/W2 records carry the same figure).
+        record["packets_sent"] = client.connection.statistics().packets_sent
     print("RESULT " + json.dumps({"side": "rpc", "workload": workload, **record}), flush=True)
 
 
@@ -210,14 +221,26 @@ def _free_port(kind: socket.SocketKind) -> int:
 def _sides(args: argparse.Namespace) -> tuple[list[Side], list[str]]:
     """The sides that can run here, and a line for each one that cannot."""
     py = sys.executable
-    sides = [Side("rpc", [py, __file__, "server"], [py, __file__, "client"], None)]
+    cores = ["aioquic", "qh3"] if args.cores == "both" else args.cores.split(",")
+    sides = []
     skipped = []
     transport_bench = HERE / "transport_bench.py"
-    if transport_bench.exists():
-        argv = [py, str(transport_bench)]
-        sides.append(Side("transport", [*argv, "server"], [*argv, "client"], None))
-    else:
-        skipped.append(f"transport: skipped ({transport_bench} not found)")
+    for core in cores:
+        suffix, flag = ("", []) if core == "aioquic" else (f"-{core}", ["--core", core])
+        me = [py, __file__]
+        sides.append(Side(f"rpc{suffix}", [*me, "server", *flag], [*me, "client", *flag], None))
+        if transport_bench.exists():
+            argv = [py, str(transport_bench)]
+            sides.append(
+                Side(
+                    f"transport{suffix}",
+                    [*argv, "server", *flag],
+                    [*argv, "client", *flag],
+                    None,
+                )
+            )
+        else:
+            skipped.append(f"transport{suffix}: skipped ({transport_bench} not found)")
     anchors = Path(args.anchors) if args.anchors else HERE.parent.parent / "shared" / "anchors"
     grpc_bench = anchors / "grpc_bench.py"
     grpc_python = args.grpc_python or py
@@ -307,7 +330,25 @@ def driver(args: argparse.Namespace) -> int:
             4.0,
             ">=",
         ),
+        (
+            "RPC-qh3 W1 p50 <= 1.15 x transport-qh3 W1 p50",
+            "rpc-qh3 w1",
+            "p50_us",
+            "transport-qh3 w1",
+            1.15,
+            "<=",
+        ),
+        (
+            "RPC-qh3 W1 p50 <= 0.5 x grpcio sync W1 p50",
+            "rpc-qh3 w1",
+            "p50_us",
+            "grpcio-syncsrv w1",
+            0.5,
+            "<=",
+        ),
     ]
+    if "rpc-qh3" not in [side.name for side in sides]:
+        checks = [check for check in checks if "qh3" not in check[1]]
     for label, ours, field, theirs, factor, op in checks:
         mine, other = median(ours, field), median(theirs, field)
         if mine is None or other is None:
@@ -334,14 +375,18 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--anchors", default=None)
     parser.add_argument("--grpc-python", default=None)
+    parser.add_argument("--core", default="aioquic", choices=["aioquic", "qh3"])
+    parser.add_argument(
+        "--cores", default="aioquic", help="driver: quicframe cores to run: aioquic, qh3 or both"
+    )
     args = parser.parse_args()
     if args.role == "server":
         with contextlib.suppress(KeyboardInterrupt):
             signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-            trio.run(run_server, args.port)
+            trio.run(run_server, args.port, args.core)
         return 0
     if args.role == "client":
-        trio.run(run_client, args.port, args.workload, args.quick)
+        trio.run(run_client, args.port, args.workload, args.quick, args.core)
         return 0
     return driver(args)
 

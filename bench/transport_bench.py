@@ -3,9 +3,10 @@
 Usage::
 
     python bench/transport_bench.py [--quick] [--rounds N] [--workloads w1,w2,...]
-                                    [--anchors DIR] [--timeout S] [--json]
-    python bench/transport_bench.py server --port P            # prints "READY <port>"
-    python bench/transport_bench.py client --port P --workload w1 [--quick]
+                                    [--cores aioquic,qh3] [--anchors DIR] [--timeout S]
+                                    [--json]
+    python bench/transport_bench.py server --port P [--core qh3]  # prints "READY <port>"
+    python bench/transport_bench.py client --port P --workload w1 [--quick] [--core qh3]
                                                               # prints "RESULT {json}"
 
 The workloads are those of ``../shared/anchors/README.md`` (payload
@@ -57,6 +58,14 @@ a server must print READY within 20 s; each client run has a time limit
 (``--timeout``, default 180 s, 90 s with ``--quick``); children are stopped by
 their PID (SIGTERM, then SIGKILL) on every exit path, and servers also get
 SIGTERM when the driver dies (Linux ``PR_SET_PDEATHSIG``).
+
+Cores: ``--cores aioquic,qh3`` (or ``--cores both``) adds, in the same rounds,
+quicframe on its qh3 core (``quicframe-qh3``, both ends on qh3) next to the qh3
+asyncio anchor (``quic_asyncio.py --lib qh3``), compared against the qh3 targets
+(W1 p50 <= 0.75x; W3 msgs/s >= 1.2x).  The qh3 anchor has no W2 (qh3 raises
+"stream limit exceeded" instead of waiting for MAX_STREAMS credit; see the anchors'
+README), so W2 shows quicframe-qh3 alone.  quicframe-qh3 uses qh3's own congestion
+controller and PMTU setting of quicframe (1200-byte datagrams, no probing).
 """
 
 from __future__ import annotations
@@ -121,6 +130,11 @@ TARGETS: Final[dict[str, tuple[str, str, float]]] = {
     "w2": ("calls_per_s", ">=", 1.2),
     "w3": ("msgs_per_s", ">=", 1.5),
     "w4": ("mb_per_s", ">=", 1.1),
+}
+# The same for quicframe on the qh3 core against the qh3 asyncio anchor (issue 9).
+QH3_TARGETS: Final[dict[str, tuple[str, str, float]]] = {
+    "w1": ("p50_us", "<=", 0.75),
+    "w3": ("msgs_per_s", ">=", 1.2),
 }
 SHOWN_METRICS: Final[dict[str, tuple[str, ...]]] = {
     "w1": ("p50_us", "p99_us", "calls_per_s"),
@@ -376,8 +390,9 @@ def load_certificate() -> tuple[bytes, bytes]:
         return Path(cert_path).read_bytes(), Path(key_path).read_bytes()
 
 
-async def server_main(port: int, cert_pem: bytes, key_pem: bytes) -> None:
+async def server_main(port: int, cert_pem: bytes, key_pem: bytes, core: str) -> None:
     config = ServerConfig(
+        core=core,
         certificate=cert_pem,
         private_key=key_pem,
         alpn_protocols=[ALPN],
@@ -547,8 +562,9 @@ async def run_w4(connection: Connection, n: dict[str, int]) -> dict[str, Any]:
     }
 
 
-async def client_main(port: int, workload: str, n: dict[str, int]) -> None:
+async def client_main(port: int, workload: str, n: dict[str, int], core: str) -> None:
     config = ClientConfig(
+        core=core,
         alpn_protocols=[ALPN],
         server_name="localhost",
         insecure=True,
@@ -578,7 +594,7 @@ async def client_main(port: int, workload: str, n: dict[str, int]) -> None:
         result["packets_sent"] = statistics_.packets_sent
         result["packets_lost"] = statistics_.packets_lost
         result["socket_drops"] = sum(after.get(p, 0) - before.get(p, 0) for p in ports)
-    emit({"anchor": "quicframe", **result})
+    emit({"anchor": "quicframe" if core == "aioquic" else f"quicframe-{core}", **result})
 
 
 # ------------------------------------------------------------------------------------
@@ -747,13 +763,16 @@ def fmt(value: float | None) -> str:
 
 
 def summarize(
-    records: list[dict[str, Any]], workloads: Sequence[str], sides: Sequence[str]
+    records: list[dict[str, Any]],
+    workloads: Sequence[str],
+    sides: Sequence[str],
+    targets: dict[str, tuple[str, str, float]] = TARGETS,
 ) -> tuple[list[str], list[dict[str, Any]]]:
     lines: list[str] = []
     rows: list[dict[str, Any]] = []
     header = (
-        f"{'workload':8s} {'metric':12s} {'quicframe':>11s} {'aioquic':>11s} "
-        f"{'ratio':>6s} {'target':>8s} {'verdict':>7s}  spread (qf / aq, min-max)"
+        f"{'workload':8s} {'metric':12s} {sides[0]:>13s} {sides[1]:>11s} "
+        f"{'ratio':>6s} {'target':>8s} {'verdict':>7s}  spread (qf / anchor, min-max)"
     )
     lines.append(header)
     lines.append("-" * len(header))
@@ -772,11 +791,11 @@ def summarize(
             qf = median(per_side[sides[0]])
             aq = median(per_side[sides[1]])
             ratio = qf / aq if qf is not None and aq else None
-            target = TARGETS.get(workload)
+            target = targets.get(workload)
             target_text = verdict = ""
             passed: bool | None = None
             if target is not None and target[0] == metric:
-                target_text = f"{target[1]} {target[2]:.1f}x"
+                target_text = f"{target[1]} {target[2]:g}x"
                 if ratio is not None:
                     passed = ratio <= target[2] if target[1] == "<=" else ratio >= target[2]
                     verdict = "PASS" if passed else "FAIL"
@@ -786,15 +805,16 @@ def summarize(
             )
             ratio_text = f"{ratio:.2f}x" if ratio is not None else "-"
             lines.append(
-                f"{workload:8s} {metric:12s} {fmt(qf):>11s} {fmt(aq):>11s} "
+                f"{workload:8s} {metric:12s} {fmt(qf):>13s} {fmt(aq):>11s} "
                 f"{ratio_text:>6s} {target_text:>8s} {verdict:>7s}  {spread}"
             )
             rows.append(
                 {
                     "workload": workload,
                     "metric": metric,
+                    "sides": list(sides),
                     "quicframe": qf,
-                    "aioquic": aq,
+                    "anchor": aq,
                     "ratio": ratio,
                     "target": target_text or None,
                     "pass": passed,
@@ -833,14 +853,37 @@ def driver(args: argparse.Namespace) -> int:
     anchors = find_anchors(args.anchors)
     python = args.python or sys.executable
     me = str(Path(__file__).resolve())
-    sides = [
-        Side("quicframe", [python, "-B", me, "server"], [python, "-B", me, "client"]),
-        Side(
-            "aioquic",
-            [python, "-B", str(anchors / "quic_asyncio.py"), "server"],
-            [python, "-B", str(anchors / "quic_asyncio.py"), "client"],
-        ),
-    ]
+    cores = ["aioquic", "qh3"] if args.cores == "both" else args.cores.split(",")
+    anchor = str(anchors / "quic_asyncio.py")
+    sides: list[Side] = []
+    # Pairs compared: (quicframe side, anchor side, targets).
+    pairs: list[tuple[str, str, dict[str, tuple[str, str, float]]]] = []
+    if "aioquic" in cores:
+        sides.append(Side("quicframe", [python, "-B", me, "server"], [python, "-B", me, "client"]))
+        sides.append(
+            Side("aioquic", [python, "-B", anchor, "server"], [python, "-B", anchor, "client"])
+        )
+        pairs.append(("quicframe", "aioquic", TARGETS))
+    if "qh3" in cores:
+        qh3 = ["--core", "qh3"]
+        sides.append(
+            Side(
+                "quicframe-qh3",
+                [python, "-B", me, "server", *qh3],
+                [python, "-B", me, "client", *qh3],
+            )
+        )
+        lib = ["--lib", "qh3"]
+        sides.append(
+            Side(
+                "qh3",
+                [python, "-B", anchor, "server", *lib],
+                [python, "-B", anchor, "client", *lib],
+            )
+        )
+        pairs.append(("quicframe-qh3", "qh3", QH3_TARGETS))
+    if not sides:
+        raise SystemExit("--cores takes aioquic, qh3 or both")
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     for workload in workloads:
         if workload not in WORKLOADS:
@@ -870,6 +913,8 @@ def driver(args: argparse.Namespace) -> int:
                     for index, workload in enumerate(workloads):
                         order = sides if (round_number + index) % 2 else sides[::-1]
                         for side in order:
+                            if side.name == "qh3" and workload == "w2":
+                                continue  # the qh3 anchor has no W2 (see the docstring)
                             process, port = servers[side.name]
                             record = run_client(
                                 children, side, process, port, workload, extra, timeout
@@ -900,12 +945,18 @@ def driver(args: argparse.Namespace) -> int:
         finally:
             children.stop_all()
     load_after = os.getloadavg()
-    lines, rows = summarize(records, workloads, [s.name for s in sides])
-    versions = ", ".join(
-        f"{name} {importlib.metadata.version(name)}" for name in ("quicframe", "aioquic", "trio")
-    )
+    lines: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for quicframe_side, anchor_side, targets in pairs:
+        pair_lines, pair_rows = summarize(
+            records, workloads, [quicframe_side, anchor_side], targets
+        )
+        lines += [*pair_lines, ""]
+        rows += pair_rows
+    libraries = ("quicframe", "aioquic", "trio") + (("qh3",) if "qh3" in cores else ())
+    versions = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in libraries)
     context = (
-        f"quicframe.transport vs aioquic asyncio anchor ({anchors / 'quic_asyncio.py'}); "
+        f"quicframe.transport vs asyncio anchors ({anchors / 'quic_asyncio.py'}); "
         f"Python {platform.python_version()}, {versions}; "
         f"{'quick' if args.quick else 'full'} counts, {rounds} interleaved rounds, medians; "
         f"{os.cpu_count()} CPUs; load average before {load_before[0]:.2f} / after "
@@ -940,16 +991,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--python", default=None, help="driver: interpreter for the children")
     parser.add_argument("--timeout", type=float, default=None, help="driver: per client run, s")
     parser.add_argument("--json", action="store_true", help="driver: JSON lines on stdout")
+    parser.add_argument(
+        "--core", default="aioquic", choices=["aioquic", "qh3"], help="server/client: QUIC core"
+    )
+    parser.add_argument(
+        "--cores",
+        default="aioquic",
+        help="driver: quicframe cores to measure next to their anchors: aioquic, qh3 or both",
+    )
     args = parser.parse_args(argv)
     if args.role == "server":
         die_with_parent()
         if not args.port:
             args.port = free_port()
-        trio.run(server_main, args.port, *load_certificate())
+        trio.run(server_main, args.port, *load_certificate(), args.core)
         return 0
     if args.role == "client":
         die_with_parent()
-        trio.run(client_main, args.port, args.workload, counts(args.quick))
+        trio.run(client_main, args.port, args.workload, counts(args.quick), args.core)
         return 0
     return driver(args)
 

@@ -7,11 +7,20 @@ trio layers are imported only when their names are first used.
 The session layer: ``Router`` and ``CallContext`` describe the operations served,
 ``serve`` / ``open_server`` run them, and ``connect`` yields a ``Client`` whose
 ``call`` runs one RPC.
+
+Market data: a ``Topic`` added to the router with ``router.add_topic`` fans its
+published frames out to every subscriber; ``client.subscribe(name)`` yields a
+``Subscription`` to iterate (see ``quicframe.pubsub`` for the sans-IO core).
 """
 
 from typing import TYPE_CHECKING, Any
 
-from ._config import ClientConfig as ClientConfig, ServerConfig as ServerConfig
+from ._config import (
+    ClientConfig as ClientConfig,
+    CoreNotInstalled as CoreNotInstalled,
+    ServerConfig as ServerConfig,
+    UnsupportedByCore as UnsupportedByCore,
+)
 from ._policy import ReconnectPolicy as ReconnectPolicy
 from ._version import __version__ as __version__
 from .errors import (
@@ -66,6 +75,11 @@ if TYPE_CHECKING:
         open_server as open_server,
         serve as serve,
     )
+    from ._subscription import (
+        Subscription as Subscription,
+        SubscriptionStatistics as SubscriptionStatistics,
+    )
+    from ._topic import Topic as Topic, TopicStatistics as TopicStatistics
 
 # Names whose modules import trio: loaded on first use, so that importing
 # quicframe (or quicframe.wire) stays free of trio and aioquic.
@@ -85,6 +99,10 @@ _LAZY = {
     "ServerStatistics": "._server",
     "open_server": "._server",
     "serve": "._server",
+    "Subscription": "._subscription",
+    "SubscriptionStatistics": "._subscription",
+    "Topic": "._topic",
+    "TopicStatistics": "._topic",
 }
 
 

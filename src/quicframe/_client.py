@@ -28,13 +28,13 @@ import os
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, Final, TypeVar, final, overload
 
 import trio
 
 from ._config import ClientConfig
 from ._policy import ReconnectPolicy
-from ._util import send_with_fin, unwrap_single_exception
+from ._util import read_one_frame, send_with_fin, unwrap_single_exception
 from ._version import __version__
 from .errors import (
     ConnectionClosed,
@@ -58,7 +58,6 @@ from .session import (
     GoAway,
     GoAwayReceived,
     Hello,
-    OneFrameReader,
     PongReceived,
     RejectReceived,
     Welcome,
@@ -67,14 +66,19 @@ from .session import (
     error_from_frame,
     payload_matches,
     reply_frame_untrusted,
+    sla_urgency,
 )
 from .transport import (
     Connection,
     SessionTicketStore,
+    SocketFactory,
     Stream,
     connect as transport_connect,
 )
 from .wire import DEFAULT_MAX_FRAME_SIZE, Frame, FrameType, MsgpackCodec, check_max_frame_size
+
+if TYPE_CHECKING:
+    from ._subscription import Subscription
 
 __all__ = [
     "Client",
@@ -233,6 +237,8 @@ class Client:
         self._reconnect_failures = 0
         self._retries = 0
         self._early_calls = 0
+        # connect(socket_factory=...): tests run the client over a FakeNetwork.
+        self._socket_factory: SocketFactory | None = None
 
     # -- properties -----------------------------------------------------------
 
@@ -333,7 +339,11 @@ class Client:
             request: the request value.
             response: a dataclass to decode the response into (default: plain value).
             request_id: the request id to send (default: a fresh unique one).
-            sla_class: the service class to send (``quicframe.SlaClass``).
+            sla_class: the service class to send (``quicframe.SlaClass``).  It
+                also sets the call's stream urgency, on this side and the
+                server's: GOLD calls' data goes ahead of SILVER and unclassified
+                calls', and those ahead of BRONZE calls' (``docs/PROTOCOL.md``
+                section 7.5).
             integrity: send the SHA-256 of the body; the server refuses a body
                 that does not match, and digests its response, which is checked.
             trace_context: a W3C ``traceparent`` value to send.
@@ -376,11 +386,14 @@ class Client:
         return call
 
     def _codec(self, cls: type[Any] | None) -> MsgpackCodec[Any]:
-        if cls is None or not dataclasses.is_dataclass(cls):
+        if cls is None:
             return _PLAIN
+        # Every type seen is cached, plain ones too: is_dataclass() costs more than
+        # the lookup, and a client sees few types.
         codec = self._codecs.get(cls)
         if codec is None:
-            codec = self._codecs[cls] = MsgpackCodec(cls)
+            codec = MsgpackCodec(cls) if dataclasses.is_dataclass(cls) else _PLAIN
+            self._codecs[cls] = codec
         return codec
 
     def _fail(self, code: int) -> None:
@@ -415,7 +428,9 @@ class Client:
     async def _send_call(self, ctx: ClientCallContext, request: Any) -> Any:
         body = self._codec(type(request)).encode(request)
         while True:
-            link = await self._usable_link(ctx.opcode)
+            link = self._current
+            if link.unusable.is_set():
+                link = await self._usable_link(ctx.opcode)
             if link.goaway is not None:
                 await trio.lowlevel.checkpoint()
                 self._fail(ErrorCode.UNAVAILABLE)
@@ -423,7 +438,7 @@ class Client:
                     f"the server is going away: {link.goaway.reason}", operation="call"
                 )
             try:
-                stream = await link.connection.open_stream()
+                stream = await link.connection.open_stream(urgency=sla_urgency(ctx.sla_class))
             except ConnectionClosed:
                 link.retire()
                 if self._policy is not None:
@@ -476,10 +491,8 @@ class Client:
                 max_frame_size=link.peer_max_frame_size,
             )
             await send_with_fin(stream, frame)
-            reader = OneFrameReader(max_frame_size=self._max_frame_size)
-            while data := await stream.receive_some():
-                reader.feed(data)
-            reply = reply_frame_untrusted(reader.feed_eof(), opcode)
+            answer = await read_one_frame(stream, self._max_frame_size)
+            reply = reply_frame_untrusted(answer, opcode)
             code = ErrorCode.NO_ERROR
         except RemoteProtocolError as exc:
             code = exc.code
@@ -538,6 +551,73 @@ class Client:
         value = self._codec(ctx.response_type).decode(reply.body)
         self._completed += 1
         return value
+
+    # -- market data ----------------------------------------------------------
+
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        from_seq: int | None = None,
+        mode: str = "stream",
+        policy: str | None = None,
+        snapshot: bool = True,
+        on_gap: str = "snapshot",
+        queue_size: int = 0,
+        buffer: int = 8192,
+        clock: Callable[[], int] | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[Subscription[Any]]:
+        """Subscribe to ``topic``: ``async with client.subscribe(name) as sub: async for v in sub``.
+
+        Entering waits until the server accepted the subscription (SUBSCRIBED).  The
+        values are the topic's decoded frames, in sequence order, never twice.
+        With a reconnect policy, a lost connection is followed by a new
+        subscription on the new connection that resumes after the last sequence
+        number received (the server replays the rest from its history).  Leaving
+        the block ends the subscription (UNSUBSCRIBE).
+
+        Args:
+            topic: the topic's name.
+            from_seq: resume from this sequence number (None: start now).
+            mode: ``"stream"`` (reliable, in order) or ``"datagram"`` (live frames
+                as QUIC DATAGRAMs: latest value, no retransmission, losses counted
+                as gaps; stream mode is used when the server does not support
+                DATAGRAMs).
+            policy: the server-side slow-consumer policy to ask for
+                (``"conflate"``, ``"drop-oldest"``, ``"disconnect"``, ``"block"``;
+                None: the topic's default).
+            snapshot: when starting now, start with the latest value per key.
+            on_gap: when the server's history no longer holds ``from_seq``:
+                ``"snapshot"`` (the gap is counted, a snapshot follows) or
+                ``"error"`` (iteration raises :class:`quicframe.pubsub.HistoryGap`).
+            queue_size: the server-side queue capacity to ask for (0: the topic's).
+            buffer: decoded values held for the application; while it is full the
+                client stops reading (stream mode) or drops the oldest (datagram).
+            clock: receive time in ns on the publisher's clock (default
+                ``time.time_ns``), for the latency statistics.
+
+        Raises (on entry):
+            quicframe.errors.UnknownTopic: the server has no such topic.
+            quicframe.errors.RemoteError: the server refused the subscription
+                (SUBSCRIPTION_LIMIT, INVALID_ARGUMENT...).
+            quicframe.pubsub.HistoryGap: ``on_gap="error"`` and the range is gone.
+            quicframe.errors.ConnectionLost: no connection to subscribe on.
+        """
+        from ._subscription import subscribe
+
+        kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
+        return subscribe(
+            self,
+            topic,
+            from_seq=from_seq,
+            mode=mode,
+            policy=policy,
+            snapshot=snapshot,
+            on_gap=on_gap,
+            queue_size=queue_size,
+            buffer=buffer,
+            **kwargs,
+        )
 
     # -- control stream -------------------------------------------------------
 
@@ -663,7 +743,9 @@ class Client:
         ticket = _peek_ticket(config, host)
         reached_server = False
         try:
-            async with transport_connect(host, port, config, early_data=early_data) as connection:
+            async with transport_connect(
+                host, port, config, early_data=early_data, socket_factory=self._socket_factory
+            ) as connection:
                 link = _Link(connection, self._max_frame_size)
                 # The transport yields before the QUIC handshake completes only when
                 # it may send 0-RTT data (early_data asked for, and the ticket allows it).
@@ -789,6 +871,7 @@ async def connect(
     reconnect: ReconnectPolicy | None = None,
     idempotent: Iterable[int] = (),
     early_data: bool = False,
+    socket_factory: SocketFactory | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to a quicframe server and yield a :class:`Client`.
 
@@ -828,6 +911,8 @@ async def connect(
             only opcodes that are safe to run twice are ever sent that way; all
             other calls wait for WELCOME.  ``client.connection.early_data_accepted``
             tells whether the server took it.
+        socket_factory: opens the UDP socket (default: a real one); tests pass
+            ``quicframe.testing.FakeNetwork.socket_factory``.
 
     Yields:
         The connected client.
@@ -864,6 +949,7 @@ async def connect(
         reconnect=reconnect,
         idempotent=idempotent,
     )
+    client._socket_factory = socket_factory
     if client._policy is not None and config.session_tickets is None:
         # Reconnects resume the TLS session (and may use 0-RTT) from a store of our own.
         config = dataclasses.replace(config, session_tickets=SessionTicketStore())

@@ -4,23 +4,50 @@ The dataclasses here are plain values: building one imports neither trio nor aio
 so ``import quicframe`` stays light.  :meth:`ClientConfig.to_quic_configuration` and
 :meth:`ServerConfig.to_quic_configuration` import aioquic lazily and translate the
 settings into an aioquic ``QuicConfiguration``; the transport calls them once per
-connection (client) or once per listener (server).
+connection (client) or once per listener (server) when ``core="aioquic"`` (the
+default).  With ``core="qh3"`` the transport's qh3 core translates the same fields
+into qh3's configuration instead.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from ._policy import ReconnectPolicy  # a plain value: imports neither trio nor aioquic
+from .wire._errors import QuicframeError  # sans-IO: light as well
 
 if TYPE_CHECKING:
     from aioquic.quic.configuration import QuicConfiguration
 
     from .transport._tickets import ServerTicketStore, SessionTicketStore
 
-__all__ = ["ClientConfig", "ServerConfig", "DEFAULT_ALPN"]
+__all__ = [
+    "CORES",
+    "DEFAULT_ALPN",
+    "ClientConfig",
+    "CoreNotInstalled",
+    "ServerConfig",
+    "UnsupportedByCore",
+]
+
+CORES: Final = ("aioquic", "qh3")
+"""The QUIC cores ``ClientConfig.core`` / ``ServerConfig.core`` can name."""
+
+
+class UnsupportedByCore(QuicframeError, ValueError):
+    """The configuration asks for something the selected QUIC core cannot do.
+
+    For example ``congestion_control`` with ``core="qh3"``: qh3 runs its own
+    controller and has no registry of controllers to choose from.
+    """
+
+
+class CoreNotInstalled(QuicframeError, ImportError):
+    """The selected QUIC core is not installed (``pip install 'quicframe[qh3]'``)."""
+
 
 DEFAULT_ALPN: Final = "quicframe/1"
 
@@ -44,7 +71,8 @@ class _CommonConfig:
     keepalive_interval: float | None = None
     max_datagram_frame_size: int | None = 65536
     max_datagram_size: int = 1200
-    congestion_control: str = "reno"
+    core: str = "aioquic"
+    congestion_control: str | None = None
     qlog_dir: str | os.PathLike[str] | None = None
     secrets_log_file: str | os.PathLike[str] | TextIO | None = None
     stream_high_water_mark: int = 256 * 1024
@@ -69,6 +97,32 @@ class _CommonConfig:
             raise ValueError("datagram_queue_size must be at least 1")
         if self.max_datagram_size < 1200:
             raise ValueError("max_datagram_size must be at least 1200 (RFC 9000)")
+        self.check_core()
+
+    def check_core(self) -> None:
+        """Check that :attr:`core` exists, is installed and can do what is asked.
+
+        Runs at construction and again when the transport uses the config (the
+        fields can be changed in between).
+
+        Raises:
+            ValueError: :attr:`core` names no known core.
+            CoreNotInstalled: the core's package is not installed.
+            UnsupportedByCore: a setting the core cannot honour.
+        """
+        if self.core not in CORES:
+            names = ", ".join(map(repr, CORES))
+            raise ValueError(f"core must be one of {names}, not {self.core!r}")
+        if self.core == "qh3":
+            if importlib.util.find_spec("qh3") is None:
+                raise CoreNotInstalled(
+                    "core='qh3' needs the qh3 package: pip install 'quicframe[qh3]'"
+                )
+            if self.congestion_control is not None:
+                raise UnsupportedByCore(
+                    f"congestion_control={self.congestion_control!r} needs core='aioquic':"
+                    " qh3 runs its own congestion controller and cannot select another"
+                )
 
     def _base_quic_configuration(
         self, *, is_client: bool, secrets_log: TextIO | None
@@ -84,7 +138,7 @@ class _CommonConfig:
             secrets_log = self.secrets_log_file
         return QuicConfiguration(
             alpn_protocols=list(self.alpn_protocols),
-            congestion_control_algorithm=self.congestion_control,
+            congestion_control_algorithm=self.congestion_control or "reno",
             idle_timeout=self.idle_timeout,
             is_client=is_client,
             max_data=self.connection_receive_window,
@@ -115,8 +169,16 @@ class ClientConfig(_CommonConfig):
         max_datagram_frame_size: largest DATAGRAM frame we accept (None disables
             DATAGRAM frames, RFC 9221).
         max_datagram_size: largest UDP payload we send (at least 1200).
-        congestion_control: ``"reno"``, ``"cubic"`` or any name registered with
-            ``aioquic.quic.congestion.base.register_congestion_control``.
+        core: the sans-IO QUIC engine: ``"aioquic"`` (the default) or ``"qh3"``
+            (aioquic's fork with a Rust core, much faster; needs
+            ``pip install 'quicframe[qh3]'``).  Both sides of a connection may use
+            different cores.  What differs between them is listed in
+            ``docs/transport.md`` ("Cores").
+        congestion_control: ``"reno"``, ``"cubic"``, ``"bbr"`` or any name registered
+            with ``aioquic.quic.congestion.base.register_congestion_control``; None
+            (the default) means the core's own default (aioquic: reno).  Only the
+            aioquic core can select one: with ``core="qh3"`` any value raises
+            :class:`UnsupportedByCore`.
         qlog_dir: write one qlog file per connection into this directory.
         secrets_log_file: TLS secrets in SSLKEYLOGFILE format (path or text file).
         stream_high_water_mark: ``send_all`` waits while a stream has more than
@@ -158,7 +220,10 @@ class ClientConfig(_CommonConfig):
     def to_quic_configuration(
         self, *, server_name: str | None = None, secrets_log: TextIO | None = None
     ) -> QuicConfiguration:
-        """Build the aioquic configuration for one client connection.
+        """Build the aioquic configuration for one client connection (aioquic core).
+
+        With ``core="qh3"`` the transport builds qh3's configuration from the same
+        fields instead; this method always answers for aioquic.
 
         Args:
             server_name: used when :attr:`server_name` is not set (``connect`` passes
@@ -227,6 +292,8 @@ class ServerConfig(_CommonConfig):
 
     def to_quic_configuration(self, *, secrets_log: TextIO | None = None) -> QuicConfiguration:
         """Build the aioquic configuration shared by the listener's connections.
+
+        For the aioquic core; with ``core="qh3"`` the transport builds qh3's.
 
         Args:
             secrets_log: an open text file for TLS secrets (see ``ClientConfig``).

@@ -20,6 +20,8 @@ from .wire._errors import RegistrationError
 if TYPE_CHECKING:
     import trio
 
+    from ._topic import Topic
+
 __all__ = ["CallContext", "CallNext", "Handler", "Middleware", "Route", "Router"]
 
 Handler = Callable[[Any, "CallContext"], Awaitable[Any]]
@@ -124,6 +126,10 @@ class Router:
         self._routes: dict[int, Route] = {}
         self._middleware: list[Middleware] = list(middleware)
         self._pipelines: dict[int, CallNext] = {}
+        # Market data (quicframe._topic): topics by name, and the subscriptions one
+        # connection may hold at once (more are refused with SUBSCRIPTION_LIMIT).
+        self._topics: dict[str, Topic[Any]] = {}
+        self.max_subscriptions = 1024
 
     def rpc(
         self,
@@ -185,6 +191,25 @@ class Router:
         route = Route(opcode, handler, label, _codec(request), _codec(response), idempotent)
         self._routes[opcode] = route
         return route
+
+    def add_topic(self, topic: Topic[Any]) -> Topic[Any]:
+        """Serve ``topic`` (a :class:`quicframe.Topic`) to clients that subscribe to its name.
+
+        Raises:
+            RegistrationError: a topic of that name is already registered.
+        """
+        if topic.name in self._topics:
+            raise RegistrationError(f"topic {topic.name!r} is already registered")
+        self._topics[topic.name] = topic
+        return topic
+
+    def topic(self, name: str) -> Topic[Any] | None:
+        """The topic registered under ``name``, or None."""
+        return self._topics.get(name)
+
+    @property
+    def topics(self) -> tuple[Topic[Any], ...]:
+        return tuple(self._topics.values())
 
     def use(self, middleware: Middleware) -> None:
         """Append a middleware; it runs inside the ones added before it."""

@@ -4,26 +4,28 @@ Per connection, a :class:`_Session` reads HELLO on the control stream, answers
 WELCOME or REJECT, then runs each call stream in a task of its own: read the
 REQUEST to its FIN, check it, run the router's pipeline in a cancel scope whose
 deadline is the caller's budget, and write RESPONSE or ERROR and FIN.  A caller
-that gives up sends STOP_SENDING; a watcher task turns that into a cancellation of
-exactly that call's scope.
+that gives up sends STOP_SENDING; a callback on the stream turns that into a
+cancellation of exactly that call's scope.  The reply stream takes the urgency of
+the request's SLA class (``quicframe.session.sla_urgency``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import trio
 
 from ._config import ServerConfig
-from ._router import CallContext, Route, Router
-from ._util import send_with_fin, unwrap_single_exception
+from ._router import CallContext, Router
+from ._util import read_one_frame, send_with_fin, unwrap_single_exception
 from .errors import (
     ConnectionClosed,
     ErrorCode,
@@ -34,6 +36,7 @@ from .errors import (
     code_name,
 )
 from .session import (
+    DEFAULT_CALL_URGENCY,
     DEFAULT_HEARTBEAT_INTERVAL_MS,
     DEFAULT_MAX_CONCURRENT_CALLS,
     SUPPORTED_VERSIONS,
@@ -41,7 +44,6 @@ from .session import (
     GoAway,
     Hello,
     HelloReceived,
-    OneFrameReader,
     Reject,
     Welcome,
     choose_version,
@@ -49,9 +51,13 @@ from .session import (
     encode_response,
     payload_matches,
     request_frame_untrusted,
+    sla_urgency,
 )
-from .transport import Connection, Listener, Stream, serve as transport_serve
-from .wire import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
+from .transport import Connection, Listener, SocketFactory, Stream, serve as transport_serve
+from .wire import DEFAULT_MAX_FRAME_SIZE, FrameType, check_max_frame_size
+
+if TYPE_CHECKING:
+    from .h3 import Gateway
 
 __all__ = ["Authenticator", "Server", "ServerStatistics", "open_server", "serve"]
 
@@ -120,6 +126,8 @@ class Server:
         self._completed = 0
         self._failed: dict[str, int] = {}
         self._rejected = 0
+        # The HTTP/3 gateway (quicframe.h3) when serve(..., http3=True).
+        self._http3: Gateway | None = None
 
     @property
     def port(self) -> int:
@@ -175,12 +183,16 @@ class Server:
         try:
             for session in list(self._sessions):
                 await session.send_goaway(grace)
+            if self._http3 is not None:
+                self._http3.send_goaway()
             with trio.move_on_after(grace):
                 while self._in_flight:
                     await self._drain_lot.park()
             for session in list(self._sessions):
                 with trio.move_on_after(_CLOSE_BOUND):
                     await session.connection.aclose()
+            if self._http3 is not None:
+                await self._http3.aclose_connections()
         finally:
             self._cancel_scope.cancel()
 
@@ -244,12 +256,12 @@ class _Session:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._control_loop)
-            while True:
-                try:
-                    stream = await connection.accept_stream()
-                except _TERMINAL_ERRORS:
-                    break
-                nursery.start_soon(self._run_call, stream)
+            # serve_streams starts each call's task straight from the event that
+            # announced its stream (no accept_stream round through the scheduler),
+            # and lets the driver hold its flush for the reply, so the response
+            # and the ACK of the request leave in one packet.
+            with contextlib.suppress(*_TERMINAL_ERRORS):
+                await connection.serve_streams(self._run_call)
             nursery.cancel_scope.cancel()
 
     # -- handshake ------------------------------------------------------------
@@ -405,11 +417,22 @@ class _Session:
                     await stream.aclose()
 
     async def _serve_call(self, stream: Stream) -> None:
-        reader = OneFrameReader(max_frame_size=self._options.max_frame_size)
         try:
-            while data := await stream.receive_some():
-                reader.feed(data)
-            frame = request_frame_untrusted(reader.feed_eof())
+            if self._router._topics:
+                # Market data: a stream starting with SUBSCRIBE is a subscription,
+                # served to its end by quicframe._topic.
+                from ._topic import read_call_or_subscription
+
+                call = await read_call_or_subscription(
+                    self._router, self.connection, stream, self._options.max_frame_size
+                )
+                if call is None:
+                    return
+                frame = call
+            else:
+                frame = await read_one_frame(stream, self._options.max_frame_size)
+            if frame.type != FrameType.REQUEST:
+                request_frame_untrusted(frame)  # raises UNEXPECTED_FRAME
         except RemoteProtocolError as exc:
             logger.warning(
                 "protocol error on call stream %d from %s: %s",
@@ -428,11 +451,70 @@ class _Session:
         budget = metadata.deadline_budget_ns
         deadline = math.inf if budget is None else received_at + budget / 1e9
         route = self._router.route(opcode)
+        sla_class = metadata.sla_class
+        if sla_class is not None:
+            # The reply (or error) is sent with the urgency of the caller's class.
+            urgency = sla_urgency(sla_class)
+            if urgency != DEFAULT_CALL_URGENCY:
+                stream.urgency = urgency
+
+        if not payload_matches(frame):
+            logger.warning(
+                "call %s (opcode 0x%04x): payload digest mismatch",
+                request_id,
+                opcode,
+                extra={"request_id": request_id, "opcode": opcode},
+            )
+            await self._fail(
+                stream,
+                opcode,
+                request_id,
+                ErrorCode.INTEGRITY_MISMATCH,
+                "the body does not match PAYLOAD_SHA256",
+            )
+            return
+        if server._closing or self._channel.goaway is not None:
+            # Not run: the caller may send it again elsewhere (PROTOCOL.md 7.4).
+            await self._fail(
+                stream,
+                opcode,
+                request_id,
+                ErrorCode.UNAVAILABLE,
+                "the server is shutting down",
+                {"draining": True},
+            )
+            return
+        if route is None:
+            await self._fail(
+                stream, opcode, request_id, ErrorCode.NOT_FOUND, f"unknown opcode 0x{opcode:04x}"
+            )
+            return
+        if self._in_flight >= self._options.max_concurrent_calls:
+            await self._fail(
+                stream,
+                opcode,
+                request_id,
+                ErrorCode.RESOURCE_EXHAUSTED,
+                "too many concurrent calls on this connection",
+            )
+            return
+        try:
+            request = route.request_codec.decode(frame.body)
+        except RemoteProtocolError as exc:
+            logger.warning(
+                "call %s: %s", request_id, exc, extra={"request_id": request_id, "opcode": opcode}
+            )
+            server._count(exc.code)
+            stream.reset(exc.code)
+            stream.stop_sending(exc.code)
+            return
+
+        # Run the handler (through the middleware) in the call's own cancel scope.
         scope = trio.CancelScope(deadline=deadline)
         ctx = CallContext(
             opcode=opcode,
             request_id=request_id,
-            sla_class=metadata.sla_class,
+            sla_class=sla_class,
             deadline=deadline,
             budget_ns=budget,
             principal=self._principal,
@@ -440,61 +522,21 @@ class _Session:
             peer_address=self.connection.remote_address,
             received_at=received_at,
             cancel_scope=scope,
-            route_name=None if route is None else route.name,
+            route_name=route.name,
         )
-        log_extra = {"request_id": request_id, "opcode": opcode}
-
-        async def fail(code: int, message: str, details: dict[str, Any] | None = None) -> None:
-            server._count(code)
-            await send_with_fin(
-                stream, encode_error(opcode, code, message, details, request_id=request_id)
-            )
-
-        if not payload_matches(frame):
-            logger.warning(
-                "call %s (opcode 0x%04x): payload digest mismatch",
-                request_id,
-                opcode,
-                extra=log_extra,
-            )
-            await fail(ErrorCode.INTEGRITY_MISMATCH, "the body does not match PAYLOAD_SHA256")
-            return
-        if server._closing or self._channel.goaway is not None:
-            # Not run: the caller may send it again elsewhere (PROTOCOL.md 7.4).
-            await fail(ErrorCode.UNAVAILABLE, "the server is shutting down", {"draining": True})
-            return
-        if route is None:
-            await fail(ErrorCode.NOT_FOUND, f"unknown opcode 0x{opcode:04x}")
-            return
-        if self._in_flight >= self._options.max_concurrent_calls:
-            await fail(ErrorCode.RESOURCE_EXHAUSTED, "too many concurrent calls on this connection")
-            return
-        try:
-            request = route.request_codec.decode(frame.body)
-        except RemoteProtocolError as exc:
-            logger.warning("call %s: %s", request_id, exc, extra=log_extra)
-            server._count(exc.code)
-            stream.reset(exc.code)
-            stream.stop_sending(exc.code)
-            return
-        await self._run_handler(stream, route, ctx, request, log_extra)
-
-    async def _run_handler(
-        self,
-        stream: Stream,
-        route: Route,
-        ctx: CallContext,
-        request: Any,
-        log_extra: dict[str, Any],
-    ) -> None:
-        server = self.server
-        scope = ctx.cancel_scope
-        assert scope is not None
-        assert self._nursery is not None
         state = _CallState()
-        watcher = trio.CancelScope()
-        self._nursery.start_soon(self._watch_caller, stream, scope, watcher, state)
-        pipeline = self._router.pipeline(route)
+
+        def caller_gave_up(code: int) -> None:
+            # STOP_SENDING from the caller: cancel exactly this call's scope.  A
+            # callback from the transport rather than a watcher task per call.
+            state.peer_cancelled = True
+            scope.cancel()
+
+        if stream._send_error is not None:
+            caller_gave_up(stream._send_error)  # it arrived before the handler started
+        else:
+            stream._stop_callback = caller_gave_up
+        router = self._router
         self._in_flight += 1
         server._in_flight += 1
         result: Any = None
@@ -502,27 +544,36 @@ class _Session:
         try:
             with scope:
                 try:
-                    result = await pipeline(ctx, request)
+                    if router._middleware:
+                        result = await router.pipeline(route)(ctx, request)
+                    else:
+                        result = await route.handler(request, ctx)
                 except RemoteError as exc:
                     error = (exc.code, exc.message, exc.details)
                 except Exception as exc:
                     logger.exception(
                         "call %s (opcode 0x%04x, %s) failed",
                         ctx.request_id,
-                        ctx.opcode,
+                        opcode,
                         route.name,
-                        extra=log_extra,
+                        extra={"request_id": ctx.request_id, "opcode": opcode},
                     )
                     error = (ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}", {})
         finally:
-            watcher.cancel()
+            stream._stop_callback = None
             self._in_flight -= 1
             server._in_flight -= 1
-            server._drain_lot.unpark_all()
+            if server._drain_lot:
+                server._drain_lot.unpark_all()
+        request_id = ctx.request_id  # a middleware may have changed it
         if scope.cancelled_caught:
             if state.peer_cancelled:
                 server._count(ErrorCode.CANCELLED)
-                logger.debug("call %s cancelled by the caller", ctx.request_id, extra=log_extra)
+                logger.debug(
+                    "call %s cancelled by the caller",
+                    request_id,
+                    extra={"request_id": request_id, "opcode": opcode},
+                )
                 stream.reset(ErrorCode.CANCELLED)
                 return
             budget_ms = (ctx.deadline - ctx.received_at) * 1000
@@ -533,39 +584,41 @@ class _Session:
             )
         if error is None:
             try:
-                body = route.response_codec.encode(result)
                 reply = encode_response(
-                    ctx.opcode,
-                    body,
-                    request_id=ctx.request_id,
+                    opcode,
+                    route.response_codec.encode(result),
+                    request_id=request_id,
                     integrity=ctx.metadata.payload_sha256 is not None,
                     max_frame_size=self._peer_max_frame_size,
                 )
             except LocalProtocolError as exc:
                 logger.error(
-                    "call %s: cannot send the response: %s", ctx.request_id, exc, extra=log_extra
+                    "call %s: cannot send the response: %s",
+                    request_id,
+                    exc,
+                    extra={"request_id": request_id, "opcode": opcode},
                 )
                 error = (ErrorCode.INTERNAL, f"the response cannot be sent: {exc.message}", {})
             else:
-                server._count(ErrorCode.NO_ERROR)
+                server._completed += 1
                 await send_with_fin(stream, reply)
                 return
-        code, message, details = error
-        server._count(code)
-        await send_with_fin(
-            stream, encode_error(ctx.opcode, code, message, details, request_id=ctx.request_id)
-        )
+        await self._fail(stream, opcode, request_id, *error)
 
-    async def _watch_caller(
-        self, stream: Stream, scope: trio.CancelScope, watcher: trio.CancelScope, state: _CallState
+    async def _fail(
+        self,
+        stream: Stream,
+        opcode: int,
+        request_id: str,
+        code: int,
+        message: str,
+        details: dict[str, Any] | None = None,
     ) -> None:
-        with watcher:
-            try:
-                await stream.wait_stopped()
-            except _TERMINAL_ERRORS:
-                return
-            state.peer_cancelled = True
-            scope.cancel()
+        """Answer the call with ERROR ``code``."""
+        self.server._count(code)
+        await send_with_fin(
+            stream, encode_error(opcode, code, message, details, request_id=request_id)
+        )
 
 
 def _options(
@@ -615,6 +668,8 @@ async def serve(
     handshake_timeout: float = 10.0,
     shutdown_grace_period: float = 5.0,
     server_name: str = "quicframe",
+    http3: bool = False,
+    socket_factory: SocketFactory | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``router`` on ``host``:``port`` until cancelled or ``Server.aclose()``.
@@ -635,6 +690,10 @@ async def serve(
         handshake_timeout: how long a connection may take to send HELLO.
         shutdown_grace_period: how long :meth:`Server.aclose` lets calls finish.
         server_name: sent in WELCOME, for the client's logs.
+        http3: also offer ALPN ``h3`` and serve the connections that choose it
+            with the HTTP/3 gateway (``quicframe.h3``, see ``docs/http3.md``).
+        socket_factory: opens the UDP socket (default: a real one); tests pass
+            ``quicframe.testing.FakeNetwork.socket_factory``.
         task_status: receives the :class:`Server` once the socket is bound.
 
     Raises:
@@ -657,10 +716,19 @@ async def serve(
         server_name=server_name,
     )
     server = Server(router, options)
+    handler: Callable[[Connection], Awaitable[None]] = server._handle_connection
+    if http3:
+        from .h3._gateway import enable_http3  # imported only when HTTP/3 is on
+
+        config, handler = enable_http3(server, config)
     with unwrap_single_exception(), server._cancel_scope:
         async with trio.open_nursery() as nursery:
             server._listener = await nursery.start(
-                transport_serve, host, port, config, server._handle_connection
+                functools.partial(transport_serve, socket_factory=socket_factory),
+                host,
+                port,
+                config,
+                handler,
             )
             task_status.started(server)
 

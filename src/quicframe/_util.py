@@ -8,10 +8,39 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from .session import OneFrameReader
+from .wire import decode_frame
+
 if TYPE_CHECKING:
     from .transport import Stream
+    from .wire import Frame
 
-__all__ = ["send_with_fin", "unwrap_single_exception"]
+__all__ = ["read_one_frame", "send_with_fin", "unwrap_single_exception"]
+
+
+async def read_one_frame(stream: Stream, max_frame_size: int) -> Frame:
+    """Read a call stream to its FIN and return its one frame.
+
+    Stops as soon as the FIN is known to have arrived with the data read, rather
+    than asking ``receive_some`` for the empty read that reports it: that call
+    would cost a scheduling round per call.  A frame that arrives in one piece
+    with its FIN (the common case) is decoded in one step.
+
+    Raises:
+        RemoteProtocolError: the stream does not hold exactly one valid frame no
+            larger than ``max_frame_size`` (codes as :class:`OneFrameReader`).
+        And whatever ``receive_some`` raises.
+    """
+    data = await stream.receive_some()
+    if data and stream.receive_finished:
+        return decode_frame(data, max_frame_size=max_frame_size)
+    reader = OneFrameReader(max_frame_size=max_frame_size)
+    while data:
+        reader.feed(data)
+        if stream.receive_finished:
+            break
+        data = await stream.receive_some()
+    return reader.feed_eof()
 
 
 async def send_with_fin(stream: Stream, data: bytes) -> None:

@@ -7,6 +7,8 @@ Each function here returns a middleware for :meth:`quicframe.Router.use` (or the
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -24,6 +26,7 @@ from .errors import (
     Unauthenticated,
     code_name,
 )
+from .session import sla_urgency
 
 __all__ = ["cap_deadline", "limit_concurrency", "log_calls", "require_principal"]
 
@@ -106,10 +109,74 @@ def require_principal(
     return middleware
 
 
+class _Waiter:
+    __slots__ = ("event", "granted")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.granted = False
+
+
+class _PriorityLimiter:
+    """A capacity limiter whose queue is served most urgent first.
+
+    Waiters are ordered by stream urgency (``quicframe.session.sla_urgency`` of
+    the call's SLA class: GOLD before SILVER and unclassified calls, those
+    before BRONZE), first come first served within an urgency.  A released
+    token goes straight to the waiter it wakes, so a newcomer cannot overtake.
+    """
+
+    __slots__ = ("_borrowed", "_order", "_queue", "total_tokens")
+
+    def __init__(self, total_tokens: int) -> None:
+        self.total_tokens = total_tokens
+        self._borrowed = 0
+        self._queue: list[tuple[int, int, _Waiter]] = []  # a heap
+        self._order = itertools.count()
+
+    def acquire_nowait(self) -> None:
+        if self._borrowed >= self.total_tokens or self._queue:
+            raise trio.WouldBlock
+        self._borrowed += 1
+
+    async def acquire(self, urgency: int) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self.acquire_nowait()
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        waiter = _Waiter()
+        heapq.heappush(self._queue, (urgency, next(self._order), waiter))
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.granted:
+                self.release()  # handed over as we were cancelled: pass it on
+            else:
+                self._queue = [item for item in self._queue if item[2] is not waiter]
+                heapq.heapify(self._queue)
+            raise
+
+    def release(self) -> None:
+        if self._queue:
+            _, _, waiter = heapq.heappop(self._queue)
+            waiter.granted = True  # the token changes hands: _borrowed stays
+            waiter.event.set()
+        else:
+            self._borrowed -= 1
+
+
 def limit_concurrency(
     limits: Mapping[int, int], *, default: int | None = None, wait: bool = False
 ) -> Middleware:
     """Run at most ``limits[opcode]`` calls of each operation at once (per server).
+
+    With ``wait=True``, calls over the limit queue, and the queue is served by
+    SLA class: GOLD calls are admitted before SILVER and unclassified ones, and
+    those before BRONZE; calls of one class are admitted in arrival order.
 
     Args:
         limits: opcode -> calls allowed at once.
@@ -117,33 +184,32 @@ def limit_concurrency(
         wait: queue calls over the limit (bounded by their deadlines) instead of
             refusing them at once with RESOURCE_EXHAUSTED.
     """
-    limiters = {opcode: trio.CapacityLimiter(n) for opcode, n in limits.items()}
-    shared_default: dict[int, trio.CapacityLimiter] = {}
+    limiters = {opcode: _PriorityLimiter(n) for opcode, n in limits.items()}
+    shared_default: dict[int, _PriorityLimiter] = {}
 
-    def limiter_for(opcode: int) -> trio.CapacityLimiter | None:
+    def limiter_for(opcode: int) -> _PriorityLimiter | None:
         limiter = limiters.get(opcode)
         if limiter is None and default is not None:
             limiter = shared_default.get(opcode)
             if limiter is None:
-                limiter = shared_default[opcode] = trio.CapacityLimiter(default)
+                limiter = shared_default[opcode] = _PriorityLimiter(default)
         return limiter
 
     async def middleware(ctx: CallContext, request: Any, call_next: CallNext) -> Any:
         limiter = limiter_for(ctx.opcode)
         if limiter is None:
             return await call_next(ctx, request)
-        # Each call is its own task, so the task is the borrower.
         if not wait:
             try:
                 limiter.acquire_nowait()
             except trio.WouldBlock:
                 raise ResourceExhausted(
                     f"opcode 0x{ctx.opcode:04x} is at its limit of "
-                    f"{int(limiter.total_tokens)} concurrent calls",
-                    details={"limit": int(limiter.total_tokens)},
+                    f"{limiter.total_tokens} concurrent calls",
+                    details={"limit": limiter.total_tokens},
                 ) from None
         else:
-            await limiter.acquire()
+            await limiter.acquire(sla_urgency(ctx.sla_class))
         try:
             return await call_next(ctx, request)
         finally:

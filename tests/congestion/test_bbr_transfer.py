@@ -10,6 +10,7 @@ import trio
 from quicframe import ClientConfig, ServerConfig
 from quicframe.congestion import BbrCongestionControl
 from quicframe.transport import Connection, Stream, connect
+from quicframe.transport._core import as_aioquic
 
 from .conftest import start_server
 
@@ -29,7 +30,7 @@ def payload(size: int, tag: bytes) -> bytes:
 
 
 def controller_of(connection: Connection) -> BbrCongestionControl:
-    cc = connection._core._quic_connection._loss._cc
+    cc = as_aioquic(connection._core)._quic_connection._loss._cc
     assert isinstance(cc, BbrCongestionControl)
     return cc
 

@@ -59,16 +59,20 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
 
 
 @pytest.fixture
-def server_config(certificate: Certificate) -> ServerConfig:
+def server_config(certificate: Certificate, core: str) -> ServerConfig:
     return ServerConfig(
-        certificate=certificate.path, private_key=certificate.key_path, idle_timeout=10.0
+        core=core, certificate=certificate.path, private_key=certificate.key_path, idle_timeout=10.0
     )
 
 
 @pytest.fixture
-def client_config(certificate: Certificate) -> ClientConfig:
+def client_config(certificate: Certificate, core: str) -> ClientConfig:
     return ClientConfig(
-        ca_file=certificate.path, server_name="localhost", idle_timeout=10.0, handshake_timeout=5.0
+        core=core,
+        ca_file=certificate.path,
+        server_name="localhost",
+        idle_timeout=10.0,
+        handshake_timeout=5.0,
     )
 
 

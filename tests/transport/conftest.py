@@ -32,15 +32,19 @@ def cert_files(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
 
 
 @pytest.fixture
-def server_config(cert_files: CertFiles) -> ServerConfig:
+def server_config(cert_files: CertFiles, core: str) -> ServerConfig:
     return ServerConfig(
-        certificate=cert_files.certificate, private_key=cert_files.private_key, idle_timeout=10.0
+        core=core,
+        certificate=cert_files.certificate,
+        private_key=cert_files.private_key,
+        idle_timeout=10.0,
     )
 
 
 @pytest.fixture
-def client_config(cert_files: CertFiles) -> ClientConfig:
+def client_config(cert_files: CertFiles, core: str) -> ClientConfig:
     return ClientConfig(
+        core=core,
         ca_file=cert_files.certificate,
         server_name="localhost",
         idle_timeout=10.0,

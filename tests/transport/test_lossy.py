@@ -213,6 +213,10 @@ async def test_bottleneck_link_goodput_near_capacity(
     assert net.statistics(source=CLIENT_HOST).dropped_queue > 0
 
 
+@pytest.mark.aioquic_only(
+    "qh3's client arms no probe timer while it waits for the server's handshake flight"
+    " (RFC 9002 anti-deadlock PTO): at 30 % loss a few handshakes stall past 20 s"
+)
 async def test_50_handshakes_at_30_percent_loss(
     autojump_clock: trio.testing.MockClock,
     server_config: ServerConfig,

@@ -29,7 +29,9 @@ async def test_retry_token_accepted(
                 await stream.send_eof()
                 assert await stream.receive_some() == b"validated"
             stats = handle.listener.statistics()
-            assert stats.retries_sent == 1
+            # One Retry per token-less INITIAL datagram: qh3's post-quantum key
+            # share spreads its ClientHello over two of them (it ignores the second Retry).
+            assert stats.retries_sent == (2 if client_config.core == "qh3" else 1)
             assert stats.invalid_tokens == 0
             handle.cancel_scope.cancel()
 

@@ -88,6 +88,7 @@ async def test_server_shutdown_closes_connections_with_going_away(
                 assert info.value.code == ErrorCode.GOING_AWAY
 
 
+@pytest.mark.aioquic_only("qh3 cannot select a congestion controller")
 async def test_cubic_qlog_and_keylog(
     server_config: ServerConfig, client_config: ClientConfig, tmp_path: Path
 ) -> None:

@@ -161,6 +161,9 @@ class TopicCore(Generic[T]):
         self.stale_after_ns = stale_after_ns
         self._queues: list[SubscriberQueue] = []
         self._blocking: list[SubscriberQueue] = []
+        # Set when some queue's put asked for attention (a BLOCK queue is full):
+        # until then ``backpressure`` is known to be False without looking.
+        self._pressure = False
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -210,6 +213,7 @@ class TopicCore(Generic[T]):
         self._seq = seq
         for queue in self._queues:  # _prune rebinds the list: iterating stays safe
             if queue.put(entry):
+                self._pressure = True
                 self._prune()
         return seq
 
@@ -224,6 +228,7 @@ class TopicCore(Generic[T]):
         self._seq = seq
         for queue in self._queues:
             if queue.put(entry):
+                self._pressure = True
                 self._prune()
 
     def _prune(self) -> None:
@@ -234,7 +239,11 @@ class TopicCore(Generic[T]):
     def backpressure(self) -> bool:
         """True while some BLOCK subscriber's queue is full: the publisher should wait
         until :meth:`blocking_queues` have drained (nothing is dropped meanwhile)."""
-        return any(queue.full for queue in self._blocking)
+        if not self._pressure:
+            return False
+        pressure = any(queue.full for queue in self._blocking)
+        self._pressure = pressure
+        return pressure
 
     def blocking_queues(self) -> list[SubscriberQueue]:
         """The BLOCK queues that are full now."""

@@ -5,6 +5,8 @@ Importing this package loads neither trio nor aioquic.  The trio client and serv
 """
 
 from ._engine import (
+    DEFAULT_CALL_URGENCY as DEFAULT_CALL_URGENCY,
+    SLA_URGENCY as SLA_URGENCY,
     ControlChannel as ControlChannel,
     ControlEvent as ControlEvent,
     GoAwayReceived as GoAwayReceived,
@@ -22,6 +24,7 @@ from ._engine import (
     payload_matches as payload_matches,
     reply_frame_untrusted as reply_frame_untrusted,
     request_frame_untrusted as request_frame_untrusted,
+    sla_urgency as sla_urgency,
 )
 from ._messages import (
     DEFAULT_HEARTBEAT_INTERVAL_MS as DEFAULT_HEARTBEAT_INTERVAL_MS,

@@ -21,6 +21,7 @@ from ..wire import (
     FrameDecoder,
     FrameType,
     Metadata,
+    SlaClass,
     TlvEntry,
     encode_frame,
 )
@@ -56,9 +57,30 @@ __all__ = [
     "payload_matches",
     "request_frame_untrusted",
     "reply_frame_untrusted",
+    "sla_urgency",
 ]
 
 PING_SIZE: Final = 8
+
+# The QUIC stream urgency (0 most urgent .. 7 least, 3 the transport's default) of
+# a call's stream in each direction, by SLA class.  SILVER, and calls without a
+# class, keep the default; GOLD goes ahead of them and BRONZE after.
+SLA_URGENCY: Final = {SlaClass.GOLD: 1, SlaClass.SILVER: 3, SlaClass.BRONZE: 5}
+DEFAULT_CALL_URGENCY: Final = 3
+
+
+def sla_urgency(sla_class: int | None) -> int:
+    """The stream urgency for a call of ``sla_class`` (a ``SlaClass`` value, or None).
+
+    GOLD 1, SILVER 3, BRONZE 5; no class 3 (the transport's default).  An unknown
+    class above GOLD is scheduled as GOLD, the nearest lower known class
+    (``docs/PROTOCOL.md`` section 5.2).
+    """
+    if sla_class is None or sla_class == SlaClass.SILVER:
+        return DEFAULT_CALL_URGENCY
+    if sla_class >= SlaClass.GOLD:
+        return SLA_URGENCY[SlaClass.GOLD]
+    return SLA_URGENCY[SlaClass.BRONZE]
 
 
 # ------------------------------------------------------------------------- events
@@ -389,8 +411,12 @@ def encode_error(
     *,
     request_id: str | None = None,
 ) -> bytes:
-    """Encode an ERROR frame.  Details that msgpack cannot encode are dropped."""
-    body_value = ErrorBody(code=int(code), message=message, details=dict(details or {}))
+    """Encode an ERROR frame.  Details that msgpack cannot encode are dropped, and a
+    code that does not fit the wire's u32 is sent as UNKNOWN."""
+    code = int(code)
+    if not 0 <= code <= 0xFFFF_FFFF:
+        code = ErrorCode.UNKNOWN
+    body_value = ErrorBody(code=code, message=message, details=dict(details or {}))
     try:
         body = ERROR_CODEC.encode(body_value)
     except LocalProtocolError:

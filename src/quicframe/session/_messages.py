@@ -39,6 +39,26 @@ SUPPORTED_VERSIONS: Final = (PROTOCOL_VERSION,)
 DEFAULT_MAX_CONCURRENT_CALLS: Final = 10_000
 DEFAULT_HEARTBEAT_INTERVAL_MS: Final = 5_000
 
+_MAX_CODE: Final = 0xFFFF_FFFF  # error codes are u32 where a frame carries them
+
+
+def _check_uint(message: str, name: str, value: int, maximum: int | None = None) -> None:
+    """Reject a negative (or too large) integer field.
+
+    Raised from ``__post_init__``, the ``ValueError`` becomes MALFORMED_BODY when
+    the message came off the wire (the codec turns it into a protocol error).
+    """
+    if value < 0 or (maximum is not None and value > maximum):
+        bound = "" if maximum is None else f"..{maximum}"
+        raise ValueError(f"{message}.{name} must be 0{bound}, not {value}")
+
+
+def _check_versions(message: str, versions: list[int]) -> None:
+    for version in versions:
+        # A msgpack array may hold anything: only unsigned integers are versions.
+        if type(version) is not int or version < 0:
+            raise ValueError(f"{message}.versions holds {version!r}, not an unsigned integer")
+
 
 @dataclass(frozen=True, slots=True)
 class Hello:
@@ -64,6 +84,12 @@ class Hello:
     heartbeat_interval_ms: int = 0
     insecure: bool = False
 
+    def __post_init__(self) -> None:
+        _check_versions("Hello", self.versions)
+        _check_uint("Hello", "max_frame_size", self.max_frame_size)
+        _check_uint("Hello", "max_concurrent_calls", self.max_concurrent_calls)
+        _check_uint("Hello", "heartbeat_interval_ms", self.heartbeat_interval_ms)
+
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
@@ -86,6 +112,12 @@ class Welcome:
     server_name: str = ""
     principal: str | None = None
 
+    def __post_init__(self) -> None:
+        _check_uint("Welcome", "version", self.version)
+        _check_uint("Welcome", "max_frame_size", self.max_frame_size)
+        _check_uint("Welcome", "max_concurrent_calls", self.max_concurrent_calls)
+        _check_uint("Welcome", "heartbeat_interval_ms", self.heartbeat_interval_ms)
+
 
 @dataclass(frozen=True, slots=True)
 class Reject:
@@ -102,6 +134,11 @@ class Reject:
     reason: str = ""
     versions: list[int] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # The client closes the connection with this code: it must fit.
+        _check_uint("Reject", "code", self.code, _MAX_CODE)
+        _check_versions("Reject", self.versions)
+
 
 @dataclass(frozen=True, slots=True)
 class GoAway:
@@ -117,6 +154,10 @@ class GoAway:
     reason: str = ""
     grace_period_ms: int = 0
 
+    def __post_init__(self) -> None:
+        _check_uint("GoAway", "code", self.code, _MAX_CODE)
+        _check_uint("GoAway", "grace_period_ms", self.grace_period_ms)
+
 
 @dataclass(frozen=True, slots=True)
 class ErrorBody:
@@ -131,6 +172,9 @@ class ErrorBody:
     code: int
     message: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_uint("ErrorBody", "code", self.code, _MAX_CODE)
 
 
 HELLO_CODEC: Final = MsgpackCodec(Hello)

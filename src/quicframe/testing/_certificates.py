@@ -17,8 +17,9 @@ def write_self_signed_certificate(
 ) -> tuple[Path, Path]:
     """Write a self-signed EC P-256 certificate and its key as PEM files.
 
-    The certificate names ``hostname``, 127.0.0.1 and ::1, and is its own CA, so a
-    client can verify it with ``ClientConfig(ca_file=certificate)``.  For tests and
+    The certificate names ``hostname``, 127.0.0.1 and ::1, and is its own trust
+    anchor, so a client on either core can verify it with
+    ``ClientConfig(ca_file=certificate)``.  For tests and
     development only.
 
     Returns:
@@ -64,7 +65,9 @@ def self_signed_certificate(hostname: str = "localhost", *, days: int = 30) -> t
             ),
             critical=False,
         )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        # No BasicConstraints: marked as a CA, the certificate would be refused as a
+        # server's own by strict verifiers (qh3's: "CA used as end entity"); without
+        # it, both cores' verifiers take it as its own trust anchor.
         .sign(key, hashes.SHA256())
     )
     key_pem = key.private_bytes(

@@ -42,7 +42,21 @@ from ..errors import (
     code_name,
     transport_code_name,
 )
-from ._core import AioquicCore, NetworkAddress, core_events, now
+from ._core import (
+    EVENT_CID_ISSUED,
+    EVENT_CID_RETIRED,
+    EVENT_DATAGRAM,
+    EVENT_HANDSHAKE_COMPLETED,
+    EVENT_PING_ACKNOWLEDGED,
+    EVENT_PROTOCOL_NEGOTIATED,
+    EVENT_STOP_SENDING,
+    EVENT_STREAM_DATA,
+    EVENT_STREAM_RESET,
+    EVENT_TERMINATED,
+    Core,
+    NetworkAddress,
+    now,
+)
 from ._errors import DatagramTooLarge
 from ._stream import DEFAULT_URGENCY, Stream
 
@@ -131,7 +145,7 @@ class Connection:
     def __init__(
         self,
         endpoint: Endpoint,
-        core: AioquicCore,
+        core: Core,
         *,
         is_client: bool,
         peer_address: NetworkAddress,
@@ -143,6 +157,7 @@ class Connection:
         self._endpoint = endpoint
         self._core = core
         self._quic = core.quic
+        self._event_kinds = core.event_kinds
         self._is_client = is_client
         self._peer_address = peer_address
         self._stream_high_water_mark = stream_high_water_mark
@@ -443,12 +458,20 @@ class Connection:
             self._pings.pop(uid, None)
         return rtt
 
-    async def aclose(self, error_code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:
+    async def aclose(
+        self,
+        error_code: int = ErrorCode.NO_ERROR,
+        reason: str = "",
+        *,
+        graceful: bool | None = None,
+    ) -> None:
         """Close the connection with an application ``error_code`` and ``reason``.
 
         With ``NO_ERROR`` (the default) the close is graceful: it first waits until
         the peer acknowledged every byte already written on every stream, then
-        sends CONNECTION_CLOSE.  Any other code closes at once.  Returns once the
+        sends CONNECTION_CLOSE.  Any other code closes at once, unless
+        ``graceful=True`` (for protocols whose "no error" code is not 0, such as
+        HTTP/3's H3_NO_ERROR); ``graceful=False`` closes at once.  Returns once the
         CONNECTION_CLOSE was handed to the socket; the core answers stray packets
         for three probe timeouts afterwards.  New operations raise
         :class:`trio.ClosedResourceError` from the moment ``aclose`` is called.
@@ -472,7 +495,7 @@ class Connection:
                 is_transport=False,
             )
             try:
-                if error_code == ErrorCode.NO_ERROR:
+                if graceful if graceful is not None else error_code == ErrorCode.NO_ERROR:
                     while self._running and not self._closing.is_set() and self._unacked():
                         await self._drain_lot.park()
             finally:
@@ -693,9 +716,16 @@ class Connection:
                     return
         finally:
             self._running = False
-            if not self._close_issued and not self._core.is_closing_or_closed():
+            if (
+                not self._close_issued
+                and not self._core.is_closing_or_closed()
+                and (self._is_client or self._handshake_done.is_set())
+            ):
                 # Cancelled (the endpoint is shutting down): tell the peer, without
-                # waiting, rather than leave it to its idle timeout.
+                # waiting, rather than leave it to its idle timeout.  Not a server
+                # whose handshake never completed: the peer's address is unproven,
+                # and the close would go beyond the 3x anti-amplification budget
+                # (aioquic does not count close packets against it).
                 self._close_issued = True
                 self._quic.close(error_code=ErrorCode.GOING_AWAY, reason_phrase="shutting down")
                 self._endpoint.send_now(self._quic.datagrams_to_send(now()))
@@ -816,10 +846,12 @@ class Connection:
 
     def _handle_events(self) -> None:
         quic = self._quic
+        kinds = self._event_kinds
+        # Events are typed Any: each core has its own (same-named, same-shaped) classes.
+        event: Any
         while (event := quic.next_event()) is not None:
-            event_type = type(event)
-            if event_type is core_events.StreamDataReceived:
-                assert isinstance(event, core_events.StreamDataReceived)
+            kind = kinds.get(type(event))
+            if kind == EVENT_STREAM_DATA:
                 if self._counting_early_data:
                     self._early_data_received += len(event.data)
                     if not self._early_data_arrived.is_set():
@@ -831,58 +863,49 @@ class Connection:
                     if stream._receive_lot:
                         self._answer_expected = True
                     stream._on_data(event.data, event.end_stream)
-            elif event_type is core_events.StreamReset:
-                assert isinstance(event, core_events.StreamReset)
+            elif kind == EVENT_STREAM_RESET:
                 stream = self._streams.get(event.stream_id) or self._new_peer_stream(
                     event.stream_id
                 )
                 if stream is not None:
                     stream._on_reset(event.error_code)
-            elif event_type is core_events.StopSendingReceived:
-                assert isinstance(event, core_events.StopSendingReceived)
+            elif kind == EVENT_STOP_SENDING:
                 stream = self._streams.get(event.stream_id) or self._new_peer_stream(
                     event.stream_id
                 )
                 if stream is not None:
                     self._dirty.pop(event.stream_id, None)
                     stream._on_stop_sending(event.error_code)
-            elif event_type is core_events.DatagramFrameReceived:
-                assert isinstance(event, core_events.DatagramFrameReceived)
+            elif kind == EVENT_DATAGRAM:
                 self._datagrams_received += 1
                 if len(self._datagrams) >= self._datagram_queue_size:
                     self._datagrams.popleft()
                     self._datagrams_dropped += 1
                 self._datagrams.append(event.data)
                 self._datagram_lot.unpark_all()
-            elif event_type is core_events.PingAcknowledged:
-                assert isinstance(event, core_events.PingAcknowledged)
+            elif kind == EVENT_PING_ACKNOWLEDGED:
                 slot = self._pings.get(event.uid)
                 if slot is not None and slot[0] is not None:
                     slot[1] = now() - slot[0]
                     self._ping_lot.unpark_all()
-            elif event_type is core_events.HandshakeCompleted:
-                assert isinstance(event, core_events.HandshakeCompleted)
+            elif kind == EVENT_HANDSHAKE_COMPLETED:
                 self._alpn_protocol = event.alpn_protocol
                 self._session_resumed = event.session_resumed
                 self._early_data_accepted = event.early_data_accepted
                 self._counting_early_data = False
                 self._handshake_done.set()
                 self._endpoint._handshake_finished(self)
-            elif event_type is core_events.ProtocolNegotiated:
-                assert isinstance(event, core_events.ProtocolNegotiated)
+            elif kind == EVENT_PROTOCOL_NEGOTIATED:
                 # A server learns this (and whether the session resumed) from the
                 # ClientHello, before 0-RTT data can reach a handler.
                 self._alpn_protocol = event.alpn_protocol
                 if not self._is_client:
                     self._session_resumed, self._early_data_accepted = self._core.resumption_state()
-            elif event_type is core_events.ConnectionIdIssued:
-                assert isinstance(event, core_events.ConnectionIdIssued)
+            elif kind == EVENT_CID_ISSUED:
                 self._endpoint._add_cid(self, event.connection_id)
-            elif event_type is core_events.ConnectionIdRetired:
-                assert isinstance(event, core_events.ConnectionIdRetired)
+            elif kind == EVENT_CID_RETIRED:
                 self._endpoint._remove_cid(self, event.connection_id)
-            elif event_type is core_events.ConnectionTerminated:
-                assert isinstance(event, core_events.ConnectionTerminated)
+            elif kind == EVENT_TERMINATED:
                 self._on_terminated(event)
 
     def _new_peer_stream(self, stream_id: int) -> Stream | None:
@@ -910,7 +933,7 @@ class Connection:
             self._accept_lot.unpark_all()
         return stream
 
-    def _on_terminated(self, event: core_events.ConnectionTerminated) -> None:
+    def _on_terminated(self, event: Any) -> None:
         is_transport = event.frame_type is not None
         if self._peer_closed:
             self._set_closed(
@@ -921,7 +944,7 @@ class Connection:
                 by_peer=True,
                 is_transport=is_transport,
             )
-        elif AioquicCore.is_idle_termination(event):
+        elif self._core.is_idle_termination(event):
             self._set_closed(
                 IdleTimeout,
                 message="the connection was idle for too long",
@@ -947,7 +970,8 @@ class Connection:
             return
         high_water = self._stream_high_water_mark
         for stream in list(self._send_waiters):
-            if stream._send_error is not None or stream._send_buffered() <= high_water:
+            mark = high_water if stream._high_water is None else stream._high_water
+            if stream._send_error is not None or stream._send_buffered() <= mark:
                 self._send_waiters.discard(stream)
                 stream._send_lot.unpark_all()
 

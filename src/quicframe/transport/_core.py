@@ -3,10 +3,13 @@
 Everything the transport knows about aioquic lives here.  :class:`SansIOQuic` is the
 narrow interface aioquic's ``QuicConnection`` and its fork qh3 share (datagrams and
 ``now`` in, datagrams, timers and events out); the driver calls only that, plus the
-few extras of :class:`AioquicCore`, which reaches into aioquic internals for what
-the public API does not offer (send-buffer occupancy, consumption-driven stream
-credit, statistics, peer limits).  Swapping the core means writing another adapter
-with the same extras; the driver does not change.
+extras of :class:`Core`, which :class:`AioquicCore` implements by reaching into
+aioquic internals for what the public API does not offer (send-buffer occupancy,
+consumption-driven stream credit, statistics, peer limits).  The second core,
+``Qh3Core`` in ``_core_qh3.py``, implements the same two interfaces over qh3;
+:func:`core_factory` picks one by the name in the configuration.  The driver never
+names a core's classes, not even its event classes: it dispatches on the small
+integers of :attr:`Core.event_kinds`.
 
 This module is also the one place that converts time: :func:`now` is
 ``trio.current_time()``, and every ``now`` handed to the core comes from it.
@@ -16,9 +19,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 from aioquic import tls
@@ -47,15 +51,25 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 from aioquic.quic.stream import QuicStream as _AioquicStream
 from aioquic.tls import SessionTicket
 
+from .._config import CoreNotInstalled
+
+if TYPE_CHECKING:
+    from typing import TextIO
+
+    from .._config import ClientConfig, ServerConfig
+
 __all__ = [
     "MIN_INITIAL_SIZE",
     "AioquicCore",
+    "Core",
+    "CoreFactory",
     "CoreStatistics",
     "Header",
     "NetworkAddress",
     "RetryGate",
     "SansIOQuic",
     "core_events",
+    "core_factory",
     "encode_version_negotiation",
     "invalid_token_close",
     "now",
@@ -83,7 +97,7 @@ class SansIOQuic(Protocol):
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]: ...
     def get_timer(self) -> float | None: ...
     def handle_timer(self, now: float) -> None: ...
-    def next_event(self) -> core_events.QuicEvent | None: ...
+    def next_event(self) -> Any: ...
     def connect(self, addr: NetworkAddress, now: float) -> None: ...
     def close(
         self, error_code: int = 0, frame_type: int | None = None, reason_phrase: str = ""
@@ -95,6 +109,126 @@ class SansIOQuic(Protocol):
     def send_ping(self, uid: int) -> None: ...
     def get_next_available_stream_id(self, is_unidirectional: bool = False) -> int: ...
     def change_connection_id(self) -> None: ...
+
+
+# The events the driver handles, as small integers: both cores' event modules have
+# classes of these names (aioquic's ``quic.events``, qh3's copy), and each core maps
+# its own classes to these kinds, so the driver dispatches without naming a core.
+EVENT_STREAM_DATA: Final = 0
+EVENT_STREAM_RESET: Final = 1
+EVENT_STOP_SENDING: Final = 2
+EVENT_DATAGRAM: Final = 3
+EVENT_PING_ACKNOWLEDGED: Final = 4
+EVENT_HANDSHAKE_COMPLETED: Final = 5
+EVENT_PROTOCOL_NEGOTIATED: Final = 6
+EVENT_CID_ISSUED: Final = 7
+EVENT_CID_RETIRED: Final = 8
+EVENT_TERMINATED: Final = 9
+
+_EVENT_CLASS_NAMES: Final = (
+    "StreamDataReceived",
+    "StreamReset",
+    "StopSendingReceived",
+    "DatagramFrameReceived",
+    "PingAcknowledged",
+    "HandshakeCompleted",
+    "ProtocolNegotiated",
+    "ConnectionIdIssued",
+    "ConnectionIdRetired",
+    "ConnectionTerminated",
+)
+
+
+def event_kinds_of(module: ModuleType) -> dict[type, int]:
+    """Map an events module's classes to the ``EVENT_*`` kinds (by class name)."""
+    return {getattr(module, name): kind for kind, name in enumerate(_EVENT_CLASS_NAMES)}
+
+
+class Core(Protocol):
+    """What the driver needs from a core beyond :class:`SansIOQuic`.
+
+    ``quic`` is the sans-IO connection itself, called directly on the hot path.
+    Where a core cannot do something (qh3 has no hook for consumption-driven
+    credit, stream release or urgency-ordered building), the method degrades to
+    the core's own behaviour as documented in ``docs/transport.md`` ("Cores").
+    """
+
+    quic: SansIOQuic
+    event_kinds: Mapping[type, int]
+
+    def send_buffered(self, stream_id: int) -> int: ...
+    def gate_stream_credit(self, stream_id: int) -> None: ...
+    def release_stream(self, stream_id: int) -> bool: ...
+    def grant_stream_credit(self, stream_id: int, ceiling: int) -> None: ...
+    def unacknowledged_stream_bytes(self) -> int: ...
+    def stream_exists(self, stream_id: int) -> bool: ...
+    def resumption_state(self) -> tuple[bool, bool]: ...
+    def datagrams_by_urgency(
+        self, now: float, urgency: dict[int, int], default: int
+    ) -> list[tuple[bytes, NetworkAddress]] | None: ...
+    def pacing_due(self, now: float) -> bool: ...
+    def acknowledge_with_next_packet(self, now: float) -> None: ...
+    def peer_address(self) -> NetworkAddress | None: ...
+    def peer_max_datagram_frame_size(self) -> int | None: ...
+    def max_datagram_size(self) -> int: ...
+    def has_peer_traffic(self) -> bool: ...
+    def is_draining(self) -> bool: ...
+    def is_closing_or_closed(self) -> bool: ...
+    def close_reason(self) -> tuple[int, bool, str]: ...
+    def is_idle_termination(self, event: Any) -> bool: ...
+    def statistics(self) -> CoreStatistics: ...
+
+
+class CoreFactory(Protocol):
+    """Builds one core's configurations and connections (the core class itself).
+
+    Configurations are the core's own objects: the endpoint passes them back
+    without looking inside, except for ``server_name``.  Session tickets cross
+    the seam as aioquic ``SessionTicket`` objects (the stores' and the ticket
+    file's currency); a core using other ticket objects converts at the edge.
+    """
+
+    def client_configuration(
+        self, config: ClientConfig, *, server_name: str | None, secrets_log: TextIO | None
+    ) -> Any: ...
+    def server_configuration(self, config: ServerConfig, *, secrets_log: TextIO | None) -> Any: ...
+    def use_ticket(self, configuration: Any, ticket: SessionTicket | None) -> bool: ...
+    def client(
+        self,
+        configuration: Any,
+        *,
+        ticket_handler: Callable[[SessionTicket], None] | None = None,
+    ) -> Core: ...
+    def server(
+        self,
+        configuration: Any,
+        original_destination_cid: bytes,
+        retry_source_cid: bytes | None = None,
+        *,
+        ticket_fetcher: Callable[[bytes], SessionTicket | None] | None = None,
+        ticket_handler: Callable[[SessionTicket], None] | None = None,
+    ) -> Core: ...
+    def host_cid_length(self, configuration: Any) -> int: ...
+
+
+def core_factory(name: str) -> CoreFactory:
+    """The core called ``name`` in ``ClientConfig.core`` / ``ServerConfig.core``.
+
+    Raises:
+        quicframe.CoreNotInstalled: ``"qh3"`` was asked for and qh3 does not import.
+        ValueError: no core has that name.
+    """
+    if name == "aioquic":
+        return AioquicCore
+    if name == "qh3":
+        try:
+            from ._core_qh3 import Qh3Core
+        except ImportError as exc:
+            raise CoreNotInstalled(
+                "core='qh3' needs the qh3 package: pip install 'quicframe[qh3]'"
+            ) from exc
+        return Qh3Core
+    raise ValueError(f"unknown QUIC core {name!r} (expected 'aioquic' or 'qh3')")
 
 
 # --------------------------------------------------------------------------------------
@@ -274,6 +408,8 @@ class AioquicCore:
 
     __slots__ = ("_application_space", "_packets_lost", "_quic_connection", "quic")
 
+    event_kinds: Mapping[type, int] = event_kinds_of(core_events)
+
     def __init__(self, connection: QuicConnection) -> None:
         self._quic_connection = connection
         self.quic: SansIOQuic = connection
@@ -325,6 +461,26 @@ class AioquicCore:
 
         connection._write_stream_limits = write_stream_limits  # type: ignore[method-assign]
 
+    # -- the factory side (CoreFactory) -------------------------------------------
+
+    @classmethod
+    def client_configuration(
+        cls, config: ClientConfig, *, server_name: str | None, secrets_log: TextIO | None
+    ) -> QuicConfiguration:
+        return config.to_quic_configuration(server_name=server_name, secrets_log=secrets_log)
+
+    @classmethod
+    def server_configuration(
+        cls, config: ServerConfig, *, secrets_log: TextIO | None
+    ) -> QuicConfiguration:
+        return config.to_quic_configuration(secrets_log=secrets_log)
+
+    @classmethod
+    def use_ticket(cls, configuration: QuicConfiguration, ticket: SessionTicket | None) -> bool:
+        """Resume from ``ticket``; True when it allows early (0-RTT) data."""
+        configuration.session_ticket = ticket
+        return ticket is not None and ticket.max_early_data_size is not None
+
     @classmethod
     def client(
         cls,
@@ -356,12 +512,8 @@ class AioquicCore:
             )
         )
 
-    @staticmethod
-    def ticket_allows_early_data(ticket: SessionTicket | None) -> bool:
-        return ticket is not None and ticket.max_early_data_size is not None
-
-    @staticmethod
-    def host_cid_length(configuration: QuicConfiguration) -> int:
+    @classmethod
+    def host_cid_length(cls, configuration: QuicConfiguration) -> int:
         return configuration.connection_id_length
 
     # -- streams ------------------------------------------------------------------
@@ -559,8 +711,7 @@ class AioquicCore:
             return (0, True, "")
         return (event.error_code, event.frame_type is not None, event.reason_phrase)
 
-    @staticmethod
-    def is_idle_termination(event: core_events.ConnectionTerminated) -> bool:
+    def is_idle_termination(self, event: core_events.ConnectionTerminated) -> bool:
         # aioquic reports its idle timeout as a local INTERNAL_ERROR with this
         # frame type and reason; nothing else produces that combination.
         return event.frame_type == QuicFrameType.PADDING and event.reason_phrase == "Idle timeout"
@@ -657,3 +808,10 @@ def ticket_from_record(record: object) -> SessionTicket:
         max_early_data_size=max_early_data_size,
         other_extensions=other_extensions,
     )
+
+
+def as_aioquic(core: Core) -> AioquicCore:
+    """``core`` as the aioquic core (for tools that read aioquic's internals)."""
+    if not isinstance(core, AioquicCore):
+        raise TypeError(f"this needs the aioquic core, not {type(core).__name__}")
+    return core

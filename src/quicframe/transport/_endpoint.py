@@ -21,7 +21,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TextIO, final
+from typing import Any, Final, TextIO, final
 
 import trio
 
@@ -31,10 +31,12 @@ from ..errors import ErrorCode, HandshakeTimeout
 from ._connection import Connection
 from ._core import (
     MIN_INITIAL_SIZE,
-    AioquicCore,
+    Core,
+    CoreFactory,
     NetworkAddress,
     RetryGate,
     address_is_loopback,
+    core_factory,
     encode_version_negotiation,
     invalid_token_close,
     now,
@@ -42,9 +44,6 @@ from ._core import (
     version_is_supported,
 )
 from ._tickets import ServerTicketStore
-
-if TYPE_CHECKING:
-    from aioquic.quic.configuration import QuicConfiguration
 
 __all__ = ["Endpoint", "Listener", "ListenerStatistics", "connect", "serve"]
 
@@ -187,8 +186,8 @@ class Listener:
         with unwrap_single_exception():
             family, address = await _resolve(host, port)
             address = _to_socket_family(endpoint.family, family, address)
-            quic_config, early = _prepare_client(config, host, None, early_data)
-            connection = endpoint.dial(address, config, quic_config)
+            factory, quic_config, early = _prepare_client(config, host, None, early_data)
+            connection = endpoint.dial(address, config, factory, quic_config)
             async with _established(connection, host, port, config, early) as established:
                 yield established
 
@@ -219,7 +218,8 @@ class Endpoint:
         nursery: trio.Nursery,
         *,
         server_config: ServerConfig | None = None,
-        server_quic_config: QuicConfiguration | None = None,
+        server_factory: CoreFactory | None = None,
+        server_quic_config: Any = None,
         handler: Handler | None = None,
         receive_buffer: int = 0,
         send_buffer: int = 0,
@@ -237,10 +237,11 @@ class Endpoint:
         self._routes: dict[bytes, Connection] = {}
         self._connections: set[Connection] = set()
         self._server_config = server_config
+        self._server_factory = server_factory
         self._server_quic_config = server_quic_config
         self._handler = handler
         self._cid_length = (
-            server_quic_config.connection_id_length if server_quic_config is not None else 8
+            server_factory.host_cid_length(server_quic_config) if server_factory is not None else 8
         )
         self._per_address: dict[str, int] = {}
         self._handshaking: set[Connection] = set()
@@ -370,9 +371,9 @@ class Endpoint:
     ) -> Connection:
         config = self._server_config
         assert config is not None
-        assert self._server_quic_config is not None
+        assert self._server_factory is not None
         tickets = self._tickets
-        core = AioquicCore.server(
+        core = self._server_factory.server(
             self._server_quic_config,
             original_cid,
             retry_cid,
@@ -402,7 +403,7 @@ class Endpoint:
 
     def _new_connection(
         self,
-        core: AioquicCore,
+        core: Core,
         config: ClientConfig | ServerConfig,
         *,
         is_client: bool,
@@ -446,12 +447,14 @@ class Endpoint:
     # -- dialling -------------------------------------------------------------------
 
     def dial(
-        self, address: NetworkAddress, config: ClientConfig, quic_config: QuicConfiguration
+        self,
+        address: NetworkAddress,
+        config: ClientConfig,
+        factory: CoreFactory,
+        quic_config: Any,
     ) -> Connection:
         store = config.session_tickets
-        core = AioquicCore.client(
-            quic_config, ticket_handler=store.add if store is not None else None
-        )
+        core = factory.client(quic_config, ticket_handler=store.add if store is not None else None)
         connection = self._new_connection(core, config, is_client=True, peer=address)
         core.quic.connect(address, now())
         connection._wake()
@@ -621,7 +624,7 @@ async def connect(
         unwrap_single_exception(),
     ):
         stack.callback(sock.close)
-        quic_config, early = _prepare_client(config, host, secrets_log, early_data)
+        factory, quic_config, early = _prepare_client(config, host, secrets_log, early_data)
         async with trio.open_nursery() as nursery:
             endpoint = Endpoint(
                 sock,
@@ -631,7 +634,7 @@ async def connect(
                 socket_factory=open_socket,
             )
             nursery.start_soon(endpoint.receive_loop)
-            connection = endpoint.dial(address, config, quic_config)
+            connection = endpoint.dial(address, config, factory, quic_config)
             # migrate() may swap the socket: close whichever is current at the end.
             stack.callback(lambda: endpoint._sock.close())
             try:
@@ -643,12 +646,15 @@ async def connect(
 
 def _prepare_client(
     config: ClientConfig, host: str, secrets_log: TextIO | None, early_data: bool
-) -> tuple[QuicConfiguration, bool]:
-    quic_config = config.to_quic_configuration(server_name=host, secrets_log=secrets_log)
+) -> tuple[CoreFactory, Any, bool]:
+    config.check_core()
+    factory = core_factory(config.core)
+    quic_config = factory.client_configuration(config, server_name=host, secrets_log=secrets_log)
+    early = False
     if config.session_tickets is not None and quic_config.server_name is not None:
-        quic_config.session_ticket = config.session_tickets.pop(quic_config.server_name)
-    early = early_data and AioquicCore.ticket_allows_early_data(quic_config.session_ticket)
-    return quic_config, early
+        ticket = config.session_tickets.pop(quic_config.server_name)
+        early = factory.use_ticket(quic_config, ticket) and early_data
+    return factory, quic_config, early
 
 
 @contextlib.asynccontextmanager
@@ -728,7 +734,9 @@ async def serve(
         _open_secrets_log(config.secrets_log_file) as secrets_log,
         unwrap_single_exception(),
     ):
-        quic_config = config.to_quic_configuration(secrets_log=secrets_log)
+        config.check_core()
+        factory = core_factory(config.core)
+        quic_config = factory.server_configuration(config, secrets_log=secrets_log)
         tickets = config.session_tickets
         if tickets is None:
             tickets = ServerTicketStore()
@@ -737,6 +745,7 @@ async def serve(
                 sock,
                 nursery,
                 server_config=config,
+                server_factory=factory,
                 server_quic_config=quic_config,
                 handler=handler,
                 receive_buffer=config.socket_receive_buffer,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import operator
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, final
 
@@ -88,6 +89,11 @@ class Stream(trio.abc.HalfCloseableStream):
         self._send_busy = False
         self._send_lot = trio.lowlevel.ParkingLot()
         self._urgency = DEFAULT_URGENCY
+        # This stream's own high-water mark (None: the connection's).
+        self._high_water: int | None = None
+        # Called with the code when STOP_SENDING arrives (the session server uses it
+        # to cancel a call without a watcher task per call).
+        self._stop_callback: Callable[[int], object] | None = None
 
     @property
     def stream_id(self) -> int:
@@ -118,6 +124,27 @@ class Stream(trio.abc.HalfCloseableStream):
         self._urgency = value
         self._connection._set_urgency(self, value)
 
+    @property
+    def send_high_water_mark(self) -> int:
+        """Bytes (unsent plus unacknowledged) past which ``send_all`` waits.
+
+        Defaults to the connection's ``stream_high_water_mark``.  A lower mark keeps
+        less of this stream's data committed to the transport: a writer that picks
+        what to send next (the newest price rather than an old one, say) decides
+        later.  Setting None restores the default.
+        """
+        if self._high_water is not None:
+            return self._high_water
+        return self._connection._stream_high_water_mark
+
+    @send_high_water_mark.setter
+    def send_high_water_mark(self, value: int | None) -> None:
+        if value is not None and value < 1:
+            raise ValueError(f"the high-water mark must be at least 1, not {value}")
+        self._high_water = value
+        if self._send_lot:
+            self._connection._wake()  # waiters re-check after the next flush
+
     # -- sending ------------------------------------------------------------------
 
     def _send_buffered(self) -> int:
@@ -133,7 +160,7 @@ class Stream(trio.abc.HalfCloseableStream):
     async def _wait_send_room(self) -> bool:
         """Park until the send buffer is under the high-water mark; True if parked."""
         parked = False
-        high_water = self._connection._stream_high_water_mark
+        high_water = self.send_high_water_mark
         while self._send_buffered() > high_water:
             self._connection._send_waiters.add(self)
             await self._send_lot.park()
@@ -191,7 +218,7 @@ class Stream(trio.abc.HalfCloseableStream):
             quicframe.errors.ConnectionClosed: the connection is closed.
         """
         self._check_can_send()
-        if self._send_buffered() > self._connection._stream_high_water_mark:
+        if self._send_buffered() > self.send_high_water_mark:
             raise trio.WouldBlock
         if data:
             self._send_pending += data
@@ -314,6 +341,15 @@ class Stream(trio.abc.HalfCloseableStream):
         return self._send_error
 
     # -- receiving ----------------------------------------------------------------
+
+    @property
+    def receive_finished(self) -> bool:
+        """True once the peer's FIN arrived and every byte before it was read.
+
+        ``receive_some`` would then return ``b""`` at once: a reader that knows
+        it has everything can skip that call (and the scheduling round it costs).
+        """
+        return self._receive_eof and not self._receive_size
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Return up to ``max_bytes`` bytes (default 64 KiB), or ``b""`` at EOF.
@@ -450,6 +486,8 @@ class Stream(trio.abc.HalfCloseableStream):
             self._send_error = code
         if self._send_lot:
             self._send_lot.unpark_all()
+        if self._stop_callback is not None:
+            self._stop_callback(code)
         self._maybe_done()
 
     # A fresh exception per raise, so repeated failures do not pile up tracebacks.

@@ -375,27 +375,27 @@ class Metadata:
 
     @property
     def request_id(self) -> str | None:
-        entry = self._find(MetaKey.REQUEST_ID)
+        entry = self._find(0x0001)  # REQUEST_ID (a plain int: enum lookups cost more)
         return None if entry is None else entry.value.decode("utf-8")
 
     @property
     def deadline_budget_ns(self) -> int | None:
-        entry = self._find(MetaKey.DEADLINE_BUDGET_NS)
+        entry = self._find(0x0002)  # DEADLINE_BUDGET_NS (a plain int: enum lookups cost more)
         return None if entry is None else int.from_bytes(entry.value, "big")
 
     @property
     def sla_class(self) -> int | None:
-        entry = self._find(MetaKey.SLA_CLASS)
+        entry = self._find(0x0003)  # SLA_CLASS (a plain int: enum lookups cost more)
         return None if entry is None else int.from_bytes(entry.value, "big")
 
     @property
     def payload_sha256(self) -> bytes | None:
-        entry = self._find(MetaKey.PAYLOAD_SHA256)
+        entry = self._find(0x0004)  # PAYLOAD_SHA256 (a plain int: enum lookups cost more)
         return None if entry is None else entry.value
 
     @property
     def trace_context(self) -> str | None:
-        entry = self._find(MetaKey.TRACE_CONTEXT)
+        entry = self._find(0x0005)  # TRACE_CONTEXT (a plain int: enum lookups cost more)
         return None if entry is None else entry.value.decode("utf-8")
 
     def __len__(self) -> int:
