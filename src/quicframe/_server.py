@@ -25,7 +25,7 @@ import trio
 
 from ._config import ServerConfig
 from ._router import CallContext, Router
-from ._util import read_one_frame, send_with_fin, unwrap_single_exception
+from ._util import send_with_fin, unwrap_single_exception
 from .errors import (
     ConnectionClosed,
     ErrorCode,
@@ -418,19 +418,17 @@ class _Session:
 
     async def _serve_call(self, stream: Stream) -> None:
         try:
-            if self._router._topics:
-                # Market data: a stream starting with SUBSCRIBE is a subscription,
-                # served to its end by quicframe._topic.
-                from ._topic import read_call_or_subscription
+            # Market data: a stream starting with SUBSCRIBE is a subscription, served
+            # to its end by quicframe._topic (a router without that topic answers
+            # UNKNOWN_TOPIC); any other stream is a call.
+            from ._topic import read_call_or_subscription
 
-                call = await read_call_or_subscription(
-                    self._router, self.connection, stream, self._options.max_frame_size
-                )
-                if call is None:
-                    return
-                frame = call
-            else:
-                frame = await read_one_frame(stream, self._options.max_frame_size)
+            call = await read_call_or_subscription(
+                self._router, self.connection, stream, self._options.max_frame_size
+            )
+            if call is None:
+                return
+            frame = call
             if frame.type != FrameType.REQUEST:
                 request_frame_untrusted(frame)  # raises UNEXPECTED_FRAME
         except RemoteProtocolError as exc:

@@ -275,16 +275,24 @@ async def test_call_streams_that_never_finish_hold_no_handler_and_little_memory(
             assert statistics.streams_open >= 40
             assert statistics.bytes_buffered <= 40 * 5 + 1024
             # 160 more: QUIC's stream limit keeps the server's count at 128 at most
-            # (the peer's own stack holds back the streams beyond it).
-            for _ in range(160):
-                stream = await hostile.open_stream()
-                await stream.send_all(_REQUEST[:5])
-                stalled.append(stream)
-            await hostile.ping()
-            assert session.connection.statistics().streams_open <= 128
-            await assert_served(network, server.port, client_config)
-            assert hostile.closed is None
-            assert calls.count == 3
+            # (the peer's own open_stream() waits for a MAX_STREAMS that never comes).
+            async with trio.open_nursery() as nursery:
+
+                async def open_more() -> None:
+                    for _ in range(160):
+                        stream = await hostile.open_stream()
+                        await stream.send_all(_REQUEST[:5])
+                        stalled.append(stream)
+
+                nursery.start_soon(open_more)
+                await hostile.ping()
+                await trio.testing.wait_all_tasks_blocked()
+                assert session.connection.statistics().streams_open <= 128
+                assert len(stalled) < 40 + 160
+                await assert_served(network, server.port, client_config)
+                assert hostile.closed is None
+                assert calls.count == 3
+                nursery.cancel_scope.cancel()
             for stream in stalled:
                 stream.reset(ErrorCode.CANCELLED)
 

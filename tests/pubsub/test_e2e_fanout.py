@@ -87,6 +87,26 @@ async def test_unknown_topic_is_refused_on_entry(
                 assert sub.subscribed is not None
 
 
+async def test_a_server_without_topics_refuses_subscriptions(
+    server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    router = quicframe.Router()  # RPC only
+
+    @router.rpc(0x0101)
+    async def echo(request: Any, ctx: quicframe.CallContext) -> Any:
+        return request
+
+    with trio.fail_after(10):
+        async with (
+            serving(router, server_config) as server,
+            quicframe.connect("127.0.0.1", server.port, client_config) as client,
+        ):
+            with pytest.raises(UnknownTopic):
+                async with client.subscribe("md.ticks"):
+                    pytest.fail("subscribed on a server with no topics")
+            assert await client.call(0x0101, "still fine") == "still fine"
+
+
 STALLED = pytest.mark.aioquic_only(
     "a stalled reader must stop the sender: receive credit follows consumption on aioquic only"
 )

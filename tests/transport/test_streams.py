@@ -271,15 +271,26 @@ async def test_unaccepted_peer_streams_are_bounded(
 ) -> None:
     with trio.fail_after(30):
         async with connection_pair(server_config, client_config) as (client, server):
-            streams = [await client.open_stream(unidirectional=True) for _ in range(300)]
-            for stream in streams:
-                await stream.send_all(b"u")
-                await stream.send_eof()
-            # Nobody accepts: the peer stays within the stream limit the server
-            # advertised at first (128), however long it tries.
-            await trio.testing.wait_all_tasks_blocked(cushion=0.2)
-            assert len(server._incoming) <= 128
-            for _ in range(300):
-                remote = await server.accept_stream()
-                assert await remote.receive_some() == b"u"
-                assert await remote.receive_some() == b""
+            opened = 0
+
+            async def open_many() -> None:
+                nonlocal opened
+                for _ in range(300):
+                    stream = await client.open_stream(unidirectional=True)
+                    opened += 1
+                    await stream.send_all(b"u")
+                    await stream.send_eof()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(open_many)
+                # Nobody accepts: the peer stays within the stream limit the server
+                # advertised at first (128), however long it tries; the client's
+                # open_stream() waits for more (nothing piles up in its core either).
+                await trio.testing.wait_all_tasks_blocked(cushion=0.2)
+                assert len(server._incoming) <= 128
+                assert opened == 128
+                for _ in range(300):
+                    remote = await server.accept_stream()
+                    assert await remote.receive_some() == b"u"
+                    assert await remote.receive_some() == b""
+            assert opened == 300

@@ -189,6 +189,9 @@ class Connection:
         self._urgency: dict[int, int] = {}
         self._send_waiters: set[Stream] = set()
         self._incoming: deque[Stream] = deque()
+        # open_stream() calls waiting for the peer's MAX_STREAMS: bidirectional,
+        # unidirectional (indexed by the unidirectional flag).
+        self._stream_credit_lots = (trio.lowlevel.ParkingLot(), trio.lowlevel.ParkingLot())
         # Handler spawners of running serve_streams() calls (the newest takes new
         # streams); with none, new streams wait in _incoming for accept_stream().
         self._stream_spawners: list[Callable[[Stream], None]] = []
@@ -302,6 +305,10 @@ class Connection:
             urgency: the stream's sending priority, 0 (most urgent) to 7 (see
                 :attr:`Stream.urgency`).
 
+        Waits while the peer's stream limit (MAX_STREAMS) allows no more streams of
+        this kind, until the peer raises it as earlier streams finish: thousands
+        of streams opened at once queue here, not inside the core.
+
         Returns:
             The new :class:`Stream`.
 
@@ -314,6 +321,11 @@ class Connection:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         self._raise_if_closed()
+        if self._core.streams_allowed(unidirectional) <= 0:
+            lot = self._stream_credit_lots[unidirectional]
+            while self._core.streams_allowed(unidirectional) <= 0:
+                await lot.park()
+                self._raise_if_closed()
         stream_id = self._quic.get_next_available_stream_id(is_unidirectional=unidirectional)
         # An empty write makes the core create its stream state now, so the stream
         # can be reset or stopped before anything was sent.
@@ -665,6 +677,9 @@ class Connection:
         if not self._peer_closed and self._core.is_draining():
             self._peer_closed = True
         self._handle_events()
+        for unidirectional, lot in enumerate(self._stream_credit_lots):
+            if lot:
+                lot.unpark(count=self._core.streams_allowed(bool(unidirectional)))
         if self._answer_expected:
             self._answer_expected = False
             self._prewoken = True
@@ -979,6 +994,8 @@ class Connection:
         for stream in self._streams.values():
             stream._on_connection_closed()
         self._send_waiters.clear()
+        for lot in self._stream_credit_lots:
+            lot.unpark_all()
         self._accept_lot.unpark_all()
         self._datagram_lot.unpark_all()
         self._ping_lot.unpark_all()

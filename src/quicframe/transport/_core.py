@@ -88,6 +88,10 @@ def now() -> float:
     return trio.current_time()
 
 
+# What Core.streams_allowed answers while the peer's stream limits are unknown.
+STREAMS_UNKNOWN = 1 << 30
+
+
 class SansIOQuic(Protocol):
     """The sans-IO QUIC connection interface shared by aioquic and qh3."""
 
@@ -162,6 +166,7 @@ class Core(Protocol):
     def grant_stream_credit(self, stream_id: int, ceiling: int) -> None: ...
     def unacknowledged_stream_bytes(self) -> int: ...
     def stream_exists(self, stream_id: int) -> bool: ...
+    def streams_allowed(self, unidirectional: bool) -> int: ...
     def resumption_state(self) -> tuple[bool, bool]: ...
     def datagrams_by_urgency(
         self, now: float, urgency: dict[int, int], default: int
@@ -577,6 +582,23 @@ class AioquicCore:
 
     def stream_exists(self, stream_id: int) -> bool:
         return stream_id in self._quic_connection._streams
+
+    def streams_allowed(self, unidirectional: bool) -> int:
+        """How many more streams of ours the peer's MAX_STREAMS allows now.
+
+        Before the peer's limits are known (early in a handshake) the answer is
+        :data:`STREAMS_UNKNOWN`: aioquic holds such streams until they are.
+        """
+        connection = self._quic_connection
+        if unidirectional:
+            next_id = connection._local_next_stream_id_uni
+            limit = connection._remote_max_streams_uni
+        else:
+            next_id = connection._local_next_stream_id_bidi
+            limit = connection._remote_max_streams_bidi
+        if limit == 0 and not connection._handshake_complete:
+            return STREAMS_UNKNOWN
+        return max(0, limit - next_id // 4)
 
     # -- handshake ------------------------------------------------------------------
 

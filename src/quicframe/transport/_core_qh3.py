@@ -43,7 +43,7 @@ from qh3.quic.logger import QuicFileLogger
 from qh3.quic.packet import QuicProtocolVersion
 
 from .._config import UnsupportedByCore
-from ._core import CoreStatistics, NetworkAddress, SansIOQuic, event_kinds_of
+from ._core import STREAMS_UNKNOWN, CoreStatistics, NetworkAddress, SansIOQuic, event_kinds_of
 
 if TYPE_CHECKING:
     from .._config import ClientConfig, ServerConfig, _CommonConfig
@@ -587,6 +587,15 @@ class Qh3Core:
     def stream_exists(self, stream_id: int) -> bool:
         # Stopping a stream qh3 forgot is harmless here (see _Qh3Connection).
         return True
+
+    def streams_allowed(self, unidirectional: bool) -> int:
+        connection = self._connection
+        native = connection._core
+        if native is None or not connection._handshake_complete:
+            return STREAMS_UNKNOWN  # the adapter holds such streams (see _Qh3Connection)
+        limit = native.stream_limits[int(unidirectional)]
+        next_index = connection.get_next_available_stream_id(unidirectional) >> 2
+        return max(0, limit - next_index)
 
     # -- handshake ------------------------------------------------------------------
 
