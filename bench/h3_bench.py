@@ -53,6 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from _harness import client_result, free_port, note_result
+
 HERE: Final = Path(__file__).resolve().parent
 ECHO: Final = 0x0001
 PAYLOAD: Final = bytes(range(64))
@@ -316,15 +318,9 @@ class Side:
     client_argv: list[str]  # "--port P" (and "--quick") are appended
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _start(server: Server, certificate: tuple[str, str], log: Path) -> Iterator[int]:
-    port = _free_udp_port()
+    port = free_port()
     argv = [part.format(port=port, cert=certificate[0], key=certificate[1]) for part in server.argv]
     marker = server.ready_marker.format(port=port)
     with open(log, "wb") as output:
@@ -355,22 +351,6 @@ def _start(server: Server, certificate: tuple[str, str], log: Path) -> Iterator[
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-
-
-def _client(argv: list[str], timeout: float) -> dict[str, Any] | None:
-    try:
-        result = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, cwd=HERE.parent, check=False
-        )
-    except subprocess.TimeoutExpired:
-        print(f"  timed out after {timeout:g} s: {' '.join(argv)}", file=sys.stderr)
-        return None
-    for line in result.stdout.splitlines():
-        if line.startswith("RESULT "):
-            record: dict[str, Any] = json.loads(line[7:])
-            return record
-    sys.stderr.write(result.stderr[-2000:])
-    return None
 
 
 def _setup(args: argparse.Namespace) -> tuple[list[Server], list[Side], list[str]]:
@@ -446,18 +426,11 @@ def driver(args: argparse.Namespace) -> int:
                 try:
                     with _start(by_name[side.server], (cert, key), log) as port:
                         argv = [*side.client_argv, "--port", str(port), *quick]
-                        record = _client(argv, args.timeout)
+                        record = client_result(argv, args.timeout)
                 except RuntimeError as exc:
                     print(f"round {round_number + 1}: {exc}", file=sys.stderr, flush=True)
                     continue
-                print(
-                    f"round {round_number + 1}: {side.name}: "
-                    + ("failed" if record is None else _brief(record)),
-                    file=sys.stderr,
-                    flush=True,
-                )
-                if record is not None:
-                    results.setdefault(side.name, []).append(record)
+                note_result(results, round_number, side.name, record, _brief)
 
     def median(side: str, group: str, field: str) -> float | None:
         values = [r[group][field] for r in results.get(side, []) if field in r[group]]

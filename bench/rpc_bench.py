@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import trio
+from _harness import client_result, free_port, note_result
 
 HERE: Final = Path(__file__).resolve().parent
 ECHO: Final = 0x0001
@@ -165,7 +166,7 @@ class Side:
 @contextlib.contextmanager
 def _server(side: Side) -> Iterator[int]:
     """Start ``side``'s server and yield its port once it printed ``READY <port>``."""
-    port = 0 if side.port_family is None else _free_port(side.port_family)
+    port = 0 if side.port_family is None else free_port(side.port_family)
     process = subprocess.Popen(
         [*side.server_argv, "--port", str(port)],
         stdin=subprocess.DEVNULL,
@@ -194,28 +195,6 @@ def _server(side: Side) -> Iterator[int]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def _client(argv: list[str], timeout: float) -> dict[str, Any] | None:
-    try:
-        result = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, cwd=HERE.parent, check=False
-        )
-    except subprocess.TimeoutExpired:
-        print(f"  timed out after {timeout:g} s: {' '.join(argv)}", file=sys.stderr)
-        return None
-    for line in result.stdout.splitlines():
-        if line.startswith("RESULT "):
-            record: dict[str, Any] = json.loads(line[7:])
-            return record
-    sys.stderr.write(result.stderr[-2000:])
-    return None
-
-
-def _free_port(kind: socket.SocketKind) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _sides(args: argparse.Namespace) -> tuple[list[Side], list[str]]:
@@ -287,16 +266,9 @@ def driver(args: argparse.Namespace) -> int:
                     if side.name not in ports:
                         continue
                     argv = [*side.client_argv, "--port", str(ports[side.name])]
-                    record = _client([*argv, "--workload", workload, *quick], args.timeout)
+                    record = client_result([*argv, "--workload", workload, *quick], args.timeout)
                     key = f"{side.name} {workload}"
-                    print(
-                        f"round {round_number + 1}: {key}: "
-                        + ("failed" if record is None else _brief(record)),
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    if record is not None:
-                        results.setdefault(key, []).append(record)
+                    note_result(results, round_number, key, record, _brief)
 
     def median(key: str, field: str) -> float | None:
         values = [r[field] for r in results.get(key, []) if field in r]

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
         Interceptor as Interceptor,
         connect as connect,
     )
+    from ._nats import JetStreamBackbone as JetStreamBackbone
     from ._router import (
         CallContext as CallContext,
         CallNext as CallNext,
@@ -103,6 +104,7 @@ _LAZY = {
     "SubscriptionStatistics": "._subscription",
     "Topic": "._topic",
     "TopicStatistics": "._topic",
+    "JetStreamBackbone": "._nats",  # needs the nats extra when it runs
 }
 
 

@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
 import trio
 
@@ -221,6 +221,76 @@ class _CallState:
 
     def __init__(self) -> None:
         self.peer_cancelled = False
+
+
+class _CountsCalls(Protocol):
+    _in_flight: int
+
+
+CallError = tuple[int, str, dict[str, Any]]
+
+
+async def run_call(
+    stream: Stream,
+    ctx: CallContext,
+    route_name: str,
+    invoke: Callable[[], Awaitable[Any]],
+    session: _CountsCalls,
+    server: Server,
+    log_extra: Callable[[], dict[str, Any]],
+) -> tuple[Any, CallError | None, bool]:
+    """Run one call's handler in ``ctx.cancel_scope``, counted in flight.
+
+    STOP_SENDING from the peer cancels exactly this call, through the
+    transport's callback rather than with a watcher task per call.  Returns
+    the result, the error to answer with (DEADLINE_EXCEEDED when the deadline
+    ran out) and whether the peer cancelled the call (then there is no answer).
+    """
+    scope = ctx.cancel_scope
+    assert scope is not None
+    state = _CallState()
+
+    def peer_gave_up(code: int) -> None:
+        state.peer_cancelled = True
+        scope.cancel()
+
+    if stream._send_error is not None:
+        peer_gave_up(stream._send_error)  # it arrived before the handler started
+    else:
+        stream._stop_callback = peer_gave_up
+    session._in_flight += 1
+    server._in_flight += 1
+    result: Any = None
+    error: CallError | None = None
+    try:
+        with scope:
+            try:
+                result = await invoke()
+            except RemoteError as exc:
+                error = (exc.code, exc.message, exc.details)
+            except Exception as exc:
+                logger.exception(
+                    "call %s (opcode 0x%04x, %s) failed",
+                    ctx.request_id,
+                    ctx.opcode,
+                    route_name,
+                    extra=log_extra(),
+                )
+                error = (ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}", {})
+    finally:
+        stream._stop_callback = None
+        session._in_flight -= 1
+        server._in_flight -= 1
+        if server._drain_lot:
+            server._drain_lot.unpark_all()
+    if scope.cancelled_caught and not state.peer_cancelled:
+        budget_ms = (ctx.deadline - ctx.received_at) * 1000
+        error = (
+            ErrorCode.DEADLINE_EXCEEDED,
+            f"the deadline ran out after {budget_ms:.1f} ms",
+            {},
+        )
+    return result, error, scope.cancelled_caught and state.peer_cancelled
 
 
 _TERMINAL_ERRORS: Final = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -522,64 +592,32 @@ class _Session:
             cancel_scope=scope,
             route_name=route.name,
         )
-        state = _CallState()
-
-        def caller_gave_up(code: int) -> None:
-            # STOP_SENDING from the caller: cancel exactly this call's scope.  A
-            # callback from the transport rather than a watcher task per call.
-            state.peer_cancelled = True
-            scope.cancel()
-
-        if stream._send_error is not None:
-            caller_gave_up(stream._send_error)  # it arrived before the handler started
-        else:
-            stream._stop_callback = caller_gave_up
         router = self._router
-        self._in_flight += 1
-        server._in_flight += 1
-        result: Any = None
-        error: tuple[int, str, dict[str, Any]] | None = None
-        try:
-            with scope:
-                try:
-                    if router._middleware:
-                        result = await router.pipeline(route)(ctx, request)
-                    else:
-                        result = await route.handler(request, ctx)
-                except RemoteError as exc:
-                    error = (exc.code, exc.message, exc.details)
-                except Exception as exc:
-                    logger.exception(
-                        "call %s (opcode 0x%04x, %s) failed",
-                        ctx.request_id,
-                        opcode,
-                        route.name,
-                        extra={"request_id": ctx.request_id, "opcode": opcode},
-                    )
-                    error = (ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}", {})
-        finally:
-            stream._stop_callback = None
-            self._in_flight -= 1
-            server._in_flight -= 1
-            if server._drain_lot:
-                server._drain_lot.unpark_all()
+
+        def invoke() -> Awaitable[Any]:
+            if router._middleware:
+                return router.pipeline(route)(ctx, request)
+            return route.handler(request, ctx)
+
+        result, error, cancelled = await run_call(
+            stream,
+            ctx,
+            route.name,
+            invoke,
+            self,
+            server,
+            lambda: {"request_id": ctx.request_id, "opcode": opcode},
+        )
         request_id = ctx.request_id  # a middleware may have changed it
-        if scope.cancelled_caught:
-            if state.peer_cancelled:
-                server._count(ErrorCode.CANCELLED)
-                logger.debug(
-                    "call %s cancelled by the caller",
-                    request_id,
-                    extra={"request_id": request_id, "opcode": opcode},
-                )
-                stream.reset(ErrorCode.CANCELLED)
-                return
-            budget_ms = (ctx.deadline - ctx.received_at) * 1000
-            error = (
-                ErrorCode.DEADLINE_EXCEEDED,
-                f"the deadline ran out after {budget_ms:.1f} ms",
-                {},
+        if cancelled:
+            server._count(ErrorCode.CANCELLED)
+            logger.debug(
+                "call %s cancelled by the caller",
+                request_id,
+                extra={"request_id": request_id, "opcode": opcode},
             )
+            stream.reset(ErrorCode.CANCELLED)
+            return
         if error is None:
             try:
                 reply = encode_response(

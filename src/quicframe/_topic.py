@@ -31,9 +31,9 @@ import dataclasses
 import logging
 import time
 import weakref
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar, runtime_checkable
 
 import trio
 
@@ -105,6 +105,21 @@ def stream_urgency(urgency: int) -> int:
     if mapped is not None:
         return mapped
     return 0 if urgency > Urgency.HIGH else 7
+
+
+@runtime_checkable
+class RemoteBackbone(Backbone, Protocol):
+    """A backbone that numbers and stores frames elsewhere (``quicframe._nats``):
+    the topic publishes through it, it feeds the topic (``TopicCore.ingest``), and it
+    answers replay requests older than the topic's local history."""
+
+    def bind(self, topic: Topic[Any], /) -> None: ...
+
+    async def publish(self, topic: Topic[Any], values: Sequence[Any], /) -> int: ...
+
+    def wants(self, topic: Topic[Any], sub: ServerSubscription, /) -> bool: ...
+
+    async def answer(self, topic: Topic[Any], sub: ServerSubscription, /) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +213,11 @@ class Topic(Generic[T]):
         self._idle: set[_Driver] = set()
         self._publisher_lot = trio.lowlevel.ParkingLot()
         self._publisher_waits = 0
+        # A backbone that numbers frames elsewhere (JetStream): publish through it.
+        self._remote: RemoteBackbone | None = None
+        if isinstance(backbone, RemoteBackbone):
+            self._remote = backbone
+            backbone.bind(self)
 
     # -- description -----------------------------------------------------------------
 
@@ -258,6 +278,8 @@ class Topic(Generic[T]):
             A cancelled call published nothing, or published the value and lost
             only its final checkpoint: check :attr:`head` if it matters.
         """
+        if self._remote is not None:  # numbered by the backbone: wait for its ack
+            return await self._remote.publish(self, (value,))
         await trio.lowlevel.checkpoint_if_cancelled()
         core = self.core
         if core._pressure and core.backpressure:
@@ -277,7 +299,7 @@ class Topic(Generic[T]):
             quicframe.errors.LocalProtocolError: the value cannot be encoded.
         """
         core = self.core
-        if core._pressure and core.backpressure:
+        if (core._pressure and core.backpressure) or self._remote is not None:
             raise trio.WouldBlock
         seq = core.publish(value, self.clock())
         if self._idle:
@@ -289,20 +311,29 @@ class Topic(Generic[T]):
         sequence number (:attr:`head` if ``values`` is empty).  Waits for BLOCK
         subscribers as :meth:`publish` does, between values.
 
+        The values are published in batches (as many as every BLOCK subscriber has
+        room for), each stamped with one reading of the clock.
+
         Cancellation:
             The values before the cancelled wait are published, the rest are not.
         """
+        if self._remote is not None:
+            return await self._remote.publish(self, list(values))
         await trio.lowlevel.checkpoint_if_cancelled()
         core = self.core
-        publish = core.publish
+        batch = values if isinstance(values, (list, tuple)) else list(values)
+        publish_many = core.publish_many
         clock = self.clock
         seq = core.head
-        for value in values:
+        done = 0
+        while done < len(batch):
             if core._pressure and core.backpressure:
                 if self._idle:
                     self._wake_idle()
                 await self._wait_drained()
-            seq = publish(value, clock())
+            # As many as every BLOCK queue has room for, stamped together.
+            done += publish_many(batch, clock(), done)
+            seq = core.head
         if self._idle:
             self._wake_idle()
         await trio.lowlevel.cancel_shielded_checkpoint()
@@ -425,7 +456,11 @@ class _Driver:
             # The room first: while the stream holds its mark, frames wait in the queue.
             await stream.wait_send_all_might_not_block()
             while sub.request is not None:
-                sub.fulfil()
+                remote = topic._remote
+                if remote is not None and remote.wants(topic, sub):
+                    await remote.answer(topic, sub)  # older than the local history
+                else:
+                    sub.fulfil()
             chunks = sub.data_to_send(clock(), _BATCH_FRAMES)
             if chunks:
                 if blocking:

@@ -25,12 +25,13 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, StreamReset
 
+import quicframe
 from quicframe import ServerConfig
 from quicframe.testing import write_self_signed_certificate
 
 from ..session.conftest import Certificate, deadline
 
-__all__ = ["H3Client", "Response", "deadline", "h3_client"]
+__all__ = ["H3Client", "Response", "deadline", "h3_client", "open_gateway"]
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +44,18 @@ def server_config(certificate: Certificate) -> ServerConfig:
     return ServerConfig(
         certificate=certificate.path, private_key=certificate.key_path, idle_timeout=10.0
     )
+
+
+@contextlib.asynccontextmanager
+async def open_gateway(
+    router: quicframe.Router, server_config: ServerConfig, **options: Any
+) -> AsyncIterator[quicframe.Server]:
+    """A server with HTTP/3 on 127.0.0.1 (a free port); one second to drain at close."""
+    options.setdefault("shutdown_grace_period", 1.0)
+    async with quicframe.open_server(
+        router, "127.0.0.1", 0, server_config, http3=True, **options
+    ) as server:
+        yield server
 
 
 @dataclass

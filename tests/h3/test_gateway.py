@@ -34,7 +34,7 @@ from quicframe.session import Hello, sla_urgency
 from quicframe.transport import Connection
 
 from ..session.conftest import Certificate
-from .conftest import Response, deadline, h3_client
+from .conftest import H3Client, Response, deadline, h3_client, open_gateway
 
 ECHO = 0x0001
 QUOTE = 0x0101
@@ -126,12 +126,39 @@ async def gateway(
     router: quicframe.Router | None = None,
     **options: Any,
 ) -> AsyncIterator[quicframe.Server]:
-    router = router or make_router(probe)
-    options.setdefault("shutdown_grace_period", 1.0)
-    async with quicframe.open_server(
-        router, "127.0.0.1", 0, server_config, http3=True, **options
-    ) as server:
+    async with open_gateway(router or make_router(probe), server_config, **options) as server:
         yield server
+
+
+@contextlib.asynccontextmanager
+async def gateway_client(
+    server_config: ServerConfig,
+    certificate: Certificate,
+    probe: Probe,
+    router: quicframe.Router | None = None,
+    **options: Any,
+) -> AsyncIterator[H3Client]:
+    """An HTTP/3 client connected to a gateway (see :func:`gateway`)."""
+    async with (
+        gateway(server_config, probe, router, **options) as server,
+        h3_client(server.port, certificate.path) as client,
+    ):
+        yield client
+
+
+async def start_blocked(
+    client: H3Client, probe: Probe, opcode: int, headers: list[tuple[str, str]] | None = None
+) -> int:
+    """Start a msgpack nil call to ``opcode`` (BLOCK or LIMITED) and wait until its
+    handler runs; return the request's stream ID (see ``client.response``)."""
+    stream_id = client.start(
+        "POST",
+        f"/rpc/{opcode}",
+        [("content-type", "application/msgpack"), *(headers or [])],
+        msgpack.packb(None),
+    )
+    await probe.started.wait()
+    return stream_id
 
 
 def problem(response: Response) -> dict[str, Any]:
@@ -154,10 +181,7 @@ def probe() -> Probe:
 async def test_post_rpc_by_decimal_hex_and_name(
     server_config: ServerConfig, certificate: Certificate, probe: Probe
 ) -> None:
-    async with (
-        gateway(server_config, probe) as server,
-        h3_client(server.port, certificate.path) as client,
-    ):
+    async with gateway_client(server_config, certificate, probe) as client:
         for op in ("1", "0x0001", "0x1", "echo"):
             response = await client.call(op, {"n": [1, 2]})
             assert response.status == 200
@@ -170,10 +194,7 @@ async def test_post_rpc_by_decimal_hex_and_name(
 async def test_json_and_msgpack_by_content_type_and_accept(
     server_config: ServerConfig, certificate: Certificate, probe: Probe
 ) -> None:
-    async with (
-        gateway(server_config, probe) as server,
-        h3_client(server.port, certificate.path) as client,
-    ):
+    async with gateway_client(server_config, certificate, probe) as client:
         # JSON in, JSON out (the response follows the request without Accept).
         response = await client.request(
             "POST",
@@ -212,10 +233,7 @@ async def test_json_and_msgpack_by_content_type_and_accept(
 async def test_bad_requests(
     server_config: ServerConfig, certificate: Certificate, probe: Probe
 ) -> None:
-    async with (
-        gateway(server_config, probe) as server,
-        h3_client(server.port, certificate.path) as client,
-    ):
+    async with gateway_client(server_config, certificate, probe) as client:
         unknown = problem(await client.call(0x0777, 1))
         assert unknown["status"] == 404
         assert unknown["code_name"] == "NOT_FOUND"
@@ -259,10 +277,7 @@ async def test_bad_requests(
 async def test_body_larger_than_the_frame_limit_is_413(
     server_config: ServerConfig, certificate: Certificate, probe: Probe
 ) -> None:
-    async with (
-        gateway(server_config, probe, max_frame_size=4096) as server,
-        h3_client(server.port, certificate.path) as client,
-    ):
+    async with gateway_client(server_config, certificate, probe, max_frame_size=4096) as client:
         response = await client.call(ECHO, b"x" * 10_000)
         assert problem(response)["status"] == 413
         assert (await client.call(ECHO, b"small")).msgpack() == b"small"
@@ -281,10 +296,7 @@ async def test_request_id_is_echoed_generated_and_seen_by_ctx_and_logs(
     router = make_router(probe)
     router.use(log_calls())
     caplog.set_level(logging.INFO, logger="quicframe.calls")
-    async with (
-        gateway(server_config, probe, router) as server,
-        h3_client(server.port, certificate.path) as client,
-    ):
+    async with gateway_client(server_config, certificate, probe, router) as client:
         given = await client.call(PROBE, None, [("x-request-id", "req-42")])
         assert given.headers["x-request-id"] == "req-42"
         assert given.msgpack()["request_id"] == "req-42"
@@ -307,10 +319,7 @@ async def test_request_id_is_echoed_generated_and_seen_by_ctx_and_logs(
 async def test_sla_level_maps_to_the_native_classes(
     server_config: ServerConfig, certificate: Certificate, probe: Probe
 ) -> None:
-    async with (
-        gateway(server_config, probe) as server,
-        h3_client(server.port, certificate.path) as client,
-    ):
+    async with gateway_client(server_config, certificate, probe) as client:
         for level, expected in [("gold", 2), ("SILVER", 1), ("bronze", 0), ("9", 9)]:
             response = await client.call(PROBE, None, [("x-sla-level", level)])
             assert response.msgpack()["sla"] == expected
@@ -327,10 +336,7 @@ async def test_payload_digest_is_checked_before_the_handler(
     body = msgpack.packb({"order": 7})
     digest = hashlib.sha256(body).digest()
     headers = [("content-type", "application/msgpack")]
-    async with (
-        gateway(server_config, probe) as server,
-        h3_client(server.port, certificate.path) as client,
-    ):
+    async with gateway_client(server_config, certificate, probe) as client:
         for encoded in (digest.hex(), base64.b64encode(digest).decode()):
             response = await client.request(
                 "POST", "/rpc/echo", [*headers, ("x-payload-sha256", encoded)], body
@@ -354,10 +360,7 @@ async def test_payload_digest_is_checked_before_the_handler(
 async def test_deadline_header_becomes_the_handlers_cancel_scope(
     server_config: ServerConfig, certificate: Certificate, probe: Probe
 ) -> None:
-    async with (
-        gateway(server_config, probe) as server,
-        h3_client(server.port, certificate.path) as client,
-    ):
+    async with gateway_client(server_config, certificate, probe) as client:
         response = await client.call(BLOCK, None, [("x-deadline-ms", "50")])
         assert probe.cancelled.is_set()
         assert problem(response)["status"] == 504
@@ -391,10 +394,7 @@ async def test_handler_errors_map_to_statuses_with_problem_bodies(
         ErrorCode.UNAVAILABLE: 503,
         ErrorCode.DEADLINE_EXCEEDED: 504,
     }
-    async with (
-        gateway(server_config, probe) as server,
-        h3_client(server.port, certificate.path) as client,
-    ):
+    async with gateway_client(server_config, certificate, probe) as client:
         for code, status in expected.items():
             document = problem(await client.call(RAISE, {"code": int(code)}))
             assert (document["status"], document["code"]) == (status, code)
@@ -418,10 +418,9 @@ async def test_authentication_is_401_and_authorisation_403(
 ) -> None:
     router = make_router(probe)
     router.use(require_principal(lambda ctx: ctx.principal == "root", opcodes=[ADMIN]))
-    async with (
-        gateway(server_config, probe, router, authenticator=by_token) as server,
-        h3_client(server.port, certificate.path) as client,
-    ):
+    async with gateway_client(
+        server_config, certificate, probe, router, authenticator=by_token
+    ) as client:
         anonymous = await client.call(ADMIN, None)
         assert problem(anonymous)["status"] == 401
         assert problem(anonymous)["code_name"] == "UNAUTHENTICATED"
@@ -444,14 +443,8 @@ async def test_limits_are_429(
 ) -> None:
     router = make_router(probe)
     router.use(limit_concurrency({LIMITED: 1}))
-    async with (
-        gateway(server_config, probe, router) as server,
-        h3_client(server.port, certificate.path) as client,
-    ):
-        first = client.start(
-            "POST", "/rpc/7", [("content-type", "application/msgpack")], msgpack.packb(None)
-        )
-        await probe.started.wait()
+    async with gateway_client(server_config, certificate, probe, router) as client:
+        first = await start_blocked(client, probe, LIMITED)
         second = await client.call(LIMITED, None)
         assert problem(second)["status"] == 429
         assert problem(second)["code_name"] == "RESOURCE_EXHAUSTED"
@@ -463,14 +456,8 @@ async def test_limits_are_429(
 async def test_max_concurrent_calls_per_connection_is_429(
     server_config: ServerConfig, certificate: Certificate, probe: Probe
 ) -> None:
-    async with (
-        gateway(server_config, probe, max_concurrent_calls=1) as server,
-        h3_client(server.port, certificate.path) as client,
-    ):
-        blocked = client.start(
-            "POST", "/rpc/3", [("content-type", "application/msgpack")], msgpack.packb(None)
-        )
-        await probe.started.wait()
+    async with gateway_client(server_config, certificate, probe, max_concurrent_calls=1) as client:
+        blocked = await start_blocked(client, probe, BLOCK)
         assert problem(await client.call(ECHO, 1))["status"] == 429
         probe.release.set()
         assert (await client.response(blocked)).msgpack() == "released"
@@ -480,14 +467,8 @@ async def test_max_concurrent_calls_per_connection_is_429(
 async def test_client_cancel_cancels_exactly_that_handler(
     server_config: ServerConfig, certificate: Certificate, probe: Probe
 ) -> None:
-    async with (
-        gateway(server_config, probe) as server,
-        h3_client(server.port, certificate.path) as client,
-    ):
-        blocked = client.start(
-            "POST", "/rpc/3", [("content-type", "application/msgpack")], msgpack.packb(None)
-        )
-        await probe.started.wait()
+    async with gateway_client(server_config, certificate, probe) as client:
+        blocked = await start_blocked(client, probe, BLOCK)
         client.cancel(blocked)
         await probe.cancelled.wait()
         assert (await client.call(ECHO, "still here")).msgpack() == "still here"
@@ -505,10 +486,7 @@ async def test_draining_server_answers_503(
         gateway(server_config, probe, shutdown_grace_period=5.0) as server,
         h3_client(server.port, certificate.path) as client,
     ):
-        blocked = client.start(
-            "POST", "/rpc/3", [("content-type", "application/msgpack")], msgpack.packb(None)
-        )
-        await probe.started.wait()
+        blocked = await start_blocked(client, probe, BLOCK)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.aclose)
             await trio.testing.wait_all_tasks_blocked()
@@ -531,10 +509,7 @@ async def test_draining_server_answers_503(
 async def test_healthz_metrics_and_topics(
     server_config: ServerConfig, certificate: Certificate, probe: Probe
 ) -> None:
-    async with (
-        gateway(server_config, probe) as server,
-        h3_client(server.port, certificate.path) as client,
-    ):
+    async with gateway_client(server_config, certificate, probe) as client:
         health = await client.request("GET", "/healthz")
         assert (health.status, health.body) == (200, b"ok")
         await client.call(ECHO, 1)
@@ -670,13 +645,7 @@ async def test_sla_level_sets_the_response_urgency_like_native_calls(
         gateway(server_config, probe) as server,
         h3_client(server.port, certificate.path) as client,
     ):
-        blocked = client.start(
-            "POST",
-            "/rpc/3",
-            [("content-type", "application/msgpack"), ("x-sla-level", "gold")],
-            msgpack.packb(None),
-        )
-        await probe.started.wait()
+        blocked = await start_blocked(client, probe, BLOCK, [("x-sla-level", "gold")])
         (connection,) = gateway_of(server).connections
         # The transport stream carrying this request, on the server side.
         stream = connection._streams[blocked]

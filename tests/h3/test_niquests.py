@@ -20,7 +20,7 @@ import quicframe
 from quicframe import ServerConfig
 
 from ..session.conftest import Certificate
-from .conftest import deadline
+from .conftest import deadline, open_gateway
 
 ECHO = 0x0001
 SLEEP = 0x0002
@@ -40,20 +40,27 @@ def make_router() -> quicframe.Router:
     return router
 
 
-def run_client(port: int, ca_file: Path) -> dict[str, Any]:
-    """The calls, made by niquests; returns what the test checks."""
-    base = f"https://localhost:{port}"
-    seen: dict[str, Any] = {}
-    with niquests.Session(
+def http3_session(port: int) -> niquests.Session:
+    """A niquests session told that localhost:port speaks HTTP/3, and that may use
+    nothing else."""
+    session = niquests.Session(
         disable_http1=True,
         disable_http2=True,
         disable_ipv6=True,
         revocation_configuration=None,
         retries=0,
-    ) as session:
-        layer = session.quic_cache_layer
-        assert isinstance(layer, QuicSharedCache)
-        layer.add_domain("localhost", port)
+    )
+    layer = session.quic_cache_layer
+    assert isinstance(layer, QuicSharedCache)
+    layer.add_domain("localhost", port)
+    return session
+
+
+def run_client(port: int, ca_file: Path) -> dict[str, Any]:
+    """The calls, made by niquests; returns what the test checks."""
+    base = f"https://localhost:{port}"
+    seen: dict[str, Any] = {}
+    with http3_session(port) as session:
         options: dict[str, Any] = {"verify": str(ca_file), "timeout": 5}
         response = session.post(
             f"{base}/rpc/echo",
@@ -103,9 +110,7 @@ def run_client(port: int, ca_file: Path) -> dict[str, Any]:
 
 @deadline(20)
 async def test_niquests_over_http3(server_config: ServerConfig, certificate: Certificate) -> None:
-    async with quicframe.open_server(
-        make_router(), "127.0.0.1", 0, server_config, http3=True, shutdown_grace_period=1.0
-    ) as server:
+    async with open_gateway(make_router(), server_config) as server:
         seen = await trio.to_thread.run_sync(
             run_client, server.port, certificate.path, abandon_on_cancel=True
         )
@@ -133,16 +138,7 @@ def read_subscriptions(port: int, ca_file: Path) -> dict[str, Any]:
 
     base = f"https://localhost:{port}"
     seen: dict[str, Any] = {}
-    with niquests.Session(
-        disable_http1=True,
-        disable_http2=True,
-        disable_ipv6=True,
-        revocation_configuration=None,
-        retries=0,
-    ) as session:
-        layer = session.quic_cache_layer
-        assert isinstance(layer, QuicSharedCache)
-        layer.add_domain("localhost", port)
+    with http3_session(port) as session:
         options: dict[str, Any] = {"verify": str(ca_file), "timeout": 5, "stream": True}
         for name, accept in (("records", "*/*"), ("sse", "text/event-stream")):
             response = session.get(
@@ -168,9 +164,7 @@ async def test_niquests_subscribes_over_http3(
     topic = router.add_topic(quicframe.Topic("md.ticks", quicframe.MarketTick))
     for i in range(4):
         await topic.publish(quicframe.MarketTick(0, i, 0, 100 + i, 1, 7))
-    async with quicframe.open_server(
-        router, "127.0.0.1", 0, server_config, http3=True, shutdown_grace_period=1.0
-    ) as server:
+    async with open_gateway(router, server_config) as server:
         seen = await trio.to_thread.run_sync(
             read_subscriptions, server.port, certificate.path, abandon_on_cancel=True
         )

@@ -26,7 +26,7 @@ from quicframe.h3._quic import StreamQuic
 from quicframe.transport import Connection, Stream, connect as transport_connect
 
 from ..session.conftest import Certificate
-from .conftest import deadline, h3_client
+from .conftest import H3Client, deadline, h3_client, open_gateway
 
 ECHO = 0x0001
 BLOCK = 0x0002
@@ -63,10 +63,21 @@ def make_router(gate: Gate) -> quicframe.Router:
 
 @contextlib.asynccontextmanager
 async def gateway(server_config: ServerConfig, gate: Gate) -> AsyncIterator[quicframe.Server]:
-    async with quicframe.open_server(
-        make_router(gate), "127.0.0.1", 0, server_config, http3=True, shutdown_grace_period=1.0
-    ) as server:
+    async with open_gateway(make_router(gate), server_config) as server:
         yield server
+
+
+@contextlib.asynccontextmanager
+async def two_clients(
+    server_config: ServerConfig, certificate: Certificate, gate: Gate
+) -> AsyncIterator[tuple[H3Client, H3Client]]:
+    """Two HTTP/3 clients, each on a connection of its own, to one gateway."""
+    async with (
+        gateway(server_config, gate) as server,
+        h3_client(server.port, certificate.path) as first,
+        h3_client(server.port, certificate.path) as second,
+    ):
+        yield first, second
 
 
 MSGPACK_NONE = msgpack.packb(None)
@@ -78,11 +89,7 @@ async def test_a_blocked_handler_holds_up_nothing_else(
     server_config: ServerConfig, certificate: Certificate
 ) -> None:
     gate = Gate()
-    async with (
-        gateway(server_config, gate) as server,
-        h3_client(server.port, certificate.path) as first,
-        h3_client(server.port, certificate.path) as second,
-    ):
+    async with two_clients(server_config, certificate, gate) as (first, second):
         blocked = first.start("POST", f"/rpc/{BLOCK}", HEADERS, MSGPACK_NONE)
         await gate.started.wait()
         for i in range(20):
@@ -209,12 +216,7 @@ async def test_an_unread_response_holds_up_nothing_else(
 async def test_a_client_that_stops_reading_holds_up_nothing_else(
     server_config: ServerConfig, certificate: Certificate
 ) -> None:
-    gate = Gate()
-    async with (
-        gateway(server_config, gate) as server,
-        h3_client(server.port, certificate.path) as stalled,
-        h3_client(server.port, certificate.path) as other,
-    ):
+    async with two_clients(server_config, certificate, Gate()) as (stalled, other):
         big = stalled.start("POST", f"/rpc/{BIG}", HEADERS, MSGPACK_NONE)
         stalled.paused = True  # neither reads nor sends anything from now on
         for i in range(20):

@@ -28,7 +28,7 @@ from quicframe.pubsub import Policy
 from quicframe.transport import Stream, connect as transport_connect
 
 from ..session.conftest import Certificate
-from .conftest import H3Client, deadline, h3_client
+from .conftest import H3Client, deadline, h3_client, open_gateway
 from .test_stalls import StreamH3Client
 
 ECHO = 0x0001
@@ -61,10 +61,20 @@ def ticks_topic(**options: Any) -> quicframe.Topic[MarketTick]:
 async def gateway(
     server_config: ServerConfig, topic: quicframe.Topic[MarketTick]
 ) -> AsyncIterator[quicframe.Server]:
-    async with quicframe.open_server(
-        make_router(topic), "127.0.0.1", 0, server_config, http3=True, shutdown_grace_period=1.0
-    ) as server:
+    async with open_gateway(make_router(topic), server_config) as server:
         yield server
+
+
+@contextlib.asynccontextmanager
+async def gateway_client(
+    server_config: ServerConfig, certificate: Certificate, topic: quicframe.Topic[MarketTick]
+) -> AsyncIterator[H3Client]:
+    """An HTTP/3 client connected to a gateway serving ``topic``."""
+    async with (
+        gateway(server_config, topic) as server,
+        h3_client(server.port, certificate.path) as client,
+    ):
+        yield client
 
 
 # -- reading a long-lived response ----------------------------------------------------
@@ -157,10 +167,7 @@ async def test_records_are_length_prefixed_msgpack_maps(
     server_config: ServerConfig, certificate: Certificate
 ) -> None:
     topic = ticks_topic()
-    async with (
-        gateway(server_config, topic) as server,
-        h3_client(server.port, certificate.path) as client,
-    ):
+    async with gateway_client(server_config, certificate, topic) as client:
         stream_id = client.start("GET", f"/topics/{TICKS}", [("x-request-id", "md-1")])
         headers = await client.response_headers(stream_id)
         assert headers[":status"] == "200"
@@ -209,10 +216,7 @@ async def test_event_stream_with_json_and_ids_replays_and_resumes(
     topic = ticks_topic()
     for i in range(5):
         await topic.publish(tick(i))
-    async with (
-        gateway(server_config, topic) as server,
-        h3_client(server.port, certificate.path) as client,
-    ):
+    async with gateway_client(server_config, certificate, topic) as client:
         sub = await subscribe(client, "from_seq=3", [("accept", "text/event-stream")])
         assert sub.sse
         first = await sub.next()
@@ -414,10 +418,7 @@ async def test_disconnect_policy_ends_the_response_with_an_error_record(
     server_config: ServerConfig, certificate: Certificate
 ) -> None:
     topic = ticks_topic()
-    async with (
-        gateway(server_config, topic) as server,
-        h3_client(server.port, certificate.path) as client,
-    ):
+    async with gateway_client(server_config, certificate, topic) as client:
         sub = await subscribe(client, "policy=disconnect&queue_size=4&snapshot=0")
         assert (await sub.next())["policy"] == "disconnect"
         for i in range(10):  # no checkpoint: the driver cannot send any in between
@@ -440,10 +441,7 @@ async def test_refusals_are_problem_documents(
     topic = ticks_topic(history=3)
     for i in range(10):
         await topic.publish(tick(i))
-    async with (
-        gateway(server_config, topic) as server,
-        h3_client(server.port, certificate.path) as client,
-    ):
+    async with gateway_client(server_config, certificate, topic) as client:
         missing = await client.request("GET", "/topics/md.nope")
         assert problem(missing)["status"] == 404
         assert problem(missing)["code_name"] == "UNKNOWN_TOPIC"
@@ -507,10 +505,7 @@ async def test_cancelling_the_request_ends_the_subscription(
     server_config: ServerConfig, certificate: Certificate
 ) -> None:
     topic = ticks_topic()
-    async with (
-        gateway(server_config, topic) as server,
-        h3_client(server.port, certificate.path) as client,
-    ):
+    async with gateway_client(server_config, certificate, topic) as client:
         sub = await subscribe(client)
         assert (await sub.next())["event"] == "subscribed"
         assert topic.subscribers == 1

@@ -97,6 +97,15 @@ async def fake_server(
         nursery.cancel_scope.cancel()
 
 
+def fake_connect(
+    network: FakeNetwork, port: int, config: ClientConfig, local_host: str = CLIENT_HOST
+) -> contextlib.AbstractAsyncContextManager[Connection]:
+    """A transport connection from ``local_host`` to the fake-network server."""
+    return connect(
+        SERVER_HOST, port, config, local_host=local_host, socket_factory=network.socket_factory
+    )
+
+
 async def echo_once(connection: Connection, payload: bytes) -> bytes:
     """Send ``payload`` on a new stream and read the echo to its end."""
     stream = await connection.open_stream()
@@ -113,13 +122,7 @@ async def well_behaved_client(
     network: FakeNetwork, port: int, config: ClientConfig, rounds: int = 3
 ) -> None:
     """Connect from CLIENT_HOST and check ``rounds`` echoes: the server is still serving."""
-    async with connect(
-        SERVER_HOST,
-        port,
-        config,
-        local_host=CLIENT_HOST,
-        socket_factory=network.socket_factory,
-    ) as connection:
+    async with fake_connect(network, port, config) as connection:
         for index in range(rounds):
             payload = b"still served %d" % index
             assert await echo_once(connection, payload) == payload

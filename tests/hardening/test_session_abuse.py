@@ -24,19 +24,17 @@ import quicframe
 from quicframe import ClientConfig, ServerConfig
 from quicframe.errors import ConnectionClosed, ErrorCode, Unauthorized
 from quicframe.session import (
-    SUPPORTED_VERSIONS,
     ControlChannel,
     Hello,
-    OneFrameReader,
     RejectReceived,
-    WelcomeReceived,
     encode_request,
 )
 from quicframe.testing import FakeNetwork
 from quicframe.transport import Connection, Stream, connect as transport_connect
-from quicframe.wire import Frame, FrameType, MsgpackCodec, encode_frame
+from quicframe.wire import FrameType, MsgpackCodec, encode_frame
 from quicframe.wire._frame import HEADER
 
+from ..session.conftest import hello_by_hand, raw_call, read_to_end
 from .conftest import SERVER_HOST
 
 ECHO = 0x0001
@@ -111,28 +109,8 @@ async def raw_session(
 ) -> AsyncIterator[Connection]:
     """A QUIC connection that did HELLO/WELCOME by hand, to send raw frames on."""
     async with raw_connect(network, port, config) as connection:
-        control = await connection.open_stream()
-        channel = ControlChannel(client=True)
-        channel.send_hello(hello or Hello(versions=list(SUPPORTED_VERSIONS)))
-        await control.send_all(channel.data_to_send())
-        welcomed = False
-        while not welcomed:
-            data = await control.receive_some()
-            assert data, "the server ended the control stream"
-            welcomed = any(isinstance(e, WelcomeReceived) for e in channel.receive_data(data))
+        await hello_by_hand(connection, hello)
         yield connection
-
-
-async def read_reply(stream: Stream) -> Frame:
-    reader = OneFrameReader()
-    while data := await stream.receive_some():
-        reader.feed(data)
-    return reader.feed_eof()
-
-
-async def read_to_end(stream: Stream) -> None:
-    while await stream.receive_some():
-        pass
 
 
 async def expect_reset(stream: Stream, code: int) -> None:
@@ -221,10 +199,9 @@ async def test_oversized_and_malformed_frames_fail_only_their_stream(
                 except AssertionError as exc:
                     raise AssertionError(f"{name}: {exc}") from None
                 # The same connection still makes calls...
-                stream = await hostile.open_stream()
-                await stream.send_all(encode_request(ECHO, PLAIN.encode(name), request_id=name))
-                await stream.send_eof()
-                reply = await read_reply(stream)
+                reply = await raw_call(
+                    hostile, encode_request(ECHO, PLAIN.encode(name), request_id=name)
+                )
                 assert reply.type == FrameType.RESPONSE
                 assert PLAIN.decode(reply.body) == name
             # ...and so does everybody else.
@@ -259,10 +236,7 @@ async def test_call_streams_that_never_finish_hold_no_handler_and_little_memory(
                 stalled.append(stream)
             await hostile.ping()
             # A call behind them is answered: the stalled streams block nothing.
-            stream = await hostile.open_stream()
-            await stream.send_all(_REQUEST)
-            await stream.send_eof()
-            assert (await read_reply(stream)).type == FrameType.RESPONSE
+            assert (await raw_call(hostile, _REQUEST)).type == FrameType.RESPONSE
             await assert_served(network, server.port, client_config)
             assert server.statistics().calls_in_flight == 0
             assert calls.count == 2

@@ -21,13 +21,13 @@ from aioquic.quic.packet import pull_quic_header
 from quicframe import ClientConfig, ServerConfig
 from quicframe.errors import HandshakeError
 from quicframe.testing import FakeNetwork, FakeSocket
-from quicframe.transport import Connection, Stream, connect
+from quicframe.transport import Connection, Stream
 
 from .conftest import (
-    CLIENT_HOST,
     SERVER_HOST,
     Served,
     echo_once,
+    fake_connect,
     fake_server,
     first_initial,
     well_behaved_client,
@@ -53,13 +53,7 @@ async def test_garbage_and_truncated_datagrams_from_many_sources(
             fake_server(network, server_config) as served,
         ):
             port = served.listener.port
-            async with connect(
-                SERVER_HOST,
-                port,
-                client_config,
-                local_host=CLIENT_HOST,
-                socket_factory=network.socket_factory,
-            ) as established:
+            async with fake_connect(network, port, client_config) as established:
                 assert await echo_once(established, b"before") == b"before"
                 initial = first_initial(port, trio.current_time())
                 # The INITIAL packet itself; zero padding follows it in the datagram.
@@ -124,13 +118,7 @@ async def test_slow_loris_handshakes_are_bounded_by_the_handshake_timeout(
             fake_server(network, server_config) as served,
         ):
             port = served.listener.port
-            async with connect(
-                SERVER_HOST,
-                port,
-                client_config,
-                local_host=CLIENT_HOST,
-                socket_factory=network.socket_factory,
-            ) as established:
+            async with fake_connect(network, port, client_config) as established:
                 # A round trip first, so that the server's side of the handshake is
                 # complete too and the four slots are free.
                 assert await echo_once(established, b"first") == b"first"
@@ -144,13 +132,7 @@ async def test_slow_loris_handshakes_are_bounded_by_the_handshake_timeout(
                     assert await echo_once(established, b"%d" % index) == b"%d" % index
                 assert served.listener.connection_count == 5
                 # A newcomer is held off while every slot is taken, then admitted.
-                async with connect(
-                    SERVER_HOST,
-                    port,
-                    client_config,
-                    local_host="127.0.0.3",
-                    socket_factory=network.socket_factory,
-                ) as newcomer:
+                async with fake_connect(network, port, client_config, "127.0.0.3") as newcomer:
                     waited = trio.current_time() - started
                     assert await echo_once(newcomer, b"late but served") == b"late but served"
                     # The stalled handshakes are gone: only the two real clients remain.
@@ -175,13 +157,7 @@ async def _flood(
         sock.bind((victim, 0))
         sock.sendto(first_initial(port, trio.current_time()), (SERVER_HOST, port))
         sockets.append(sock)
-    async with connect(
-        SERVER_HOST,
-        port,
-        client_config,
-        local_host=CLIENT_HOST,
-        socket_factory=network.socket_factory,
-    ) as connection:
+    async with fake_connect(network, port, client_config) as connection:
         assert await echo_once(connection, b"served") == b"served"
         # With Retry the flood created no state; without, each INITIAL holds a
         # handshake until the handshake timeout.
@@ -297,13 +273,7 @@ async def test_a_peer_that_never_reads_is_held_by_flow_control(
             fake_server(network, server_config, handler) as served,
         ):
             port = served.listener.port
-            async with connect(
-                SERVER_HOST,
-                port,
-                client_config,
-                local_host="127.0.0.4",
-                socket_factory=network.socket_factory,
-            ) as sink:
+            async with fake_connect(network, port, client_config, "127.0.0.4") as sink:
                 stuck = await sink.open_stream()
                 await stuck.send_all(b"flood")
                 # Observe 3 s of virtual time in which nobody reads the flood.
@@ -346,13 +316,7 @@ async def test_tls_failures_give_clear_errors_and_leave_the_server_serving(
             messages = []
             for index, config in enumerate((untrusted, wrong_name)):
                 with pytest.raises(HandshakeError) as info:
-                    async with connect(
-                        SERVER_HOST,
-                        port,
-                        config,
-                        local_host=f"127.0.0.{10 + index}",
-                        socket_factory=network.socket_factory,
-                    ):
+                    async with fake_connect(network, port, config, f"127.0.0.{10 + index}"):
                         pytest.fail("the handshake must fail")  # pragma: no cover
                 messages.append(str(info.value))
             assert "certificate" in messages[0]

@@ -25,6 +25,7 @@ ops = st.lists(
     st.one_of(
         st.tuples(st.just("publish"), st.integers(0, 5)),  # key
         st.tuples(st.just("burst"), st.integers(1, 30)),  # frames, keys 0-3 in turn
+        st.tuples(st.just("batch"), st.integers(1, 30)),  # as burst, by publish_many
         st.tuples(st.just("send"), st.integers(1, 50)),  # frames the server writes
         st.tuples(st.just("deliver"), st.integers(1, 400)),  # bytes that arrive
         st.tuples(st.just("drop"), st.just(0)),  # the connection dies
@@ -100,6 +101,12 @@ def run(policy: Policy, capacity: int, history: int, script: list[tuple[str, int
             for i in range(arg):
                 price += 1
                 topic.publish(tick(i % 4, price=price), now_ns=price)
+        elif op == "batch":
+            values = [tick(i % 4, price=price + 1 + i) for i in range(arg)]
+            price += arg
+            done = 0
+            while done < arg:  # ignoring backpressure, as burst does
+                done += topic.publish_many(values, price, done)
         elif op == "send":
             link.send(arg)
         elif op == "deliver":

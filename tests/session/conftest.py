@@ -82,16 +82,30 @@ async def raw_session(
 ) -> AsyncIterator[Connection]:
     """A QUIC connection that went through HELLO/WELCOME by hand, for sending raw frames."""
     async with transport_connect("127.0.0.1", port, config) as connection:
-        control = await connection.open_stream()
-        channel = ControlChannel(client=True)
-        channel.send_hello(hello or Hello(versions=list(SUPPORTED_VERSIONS)))
-        await control.send_all(channel.data_to_send())
-        welcomed = False
-        while not welcomed:
-            data = await control.receive_some()
-            assert data, "the server ended the control stream"
-            welcomed = any(isinstance(e, WelcomeReceived) for e in channel.receive_data(data))
+        await hello_by_hand(connection, hello)
         yield connection
+
+
+async def hello_by_hand(connection: Connection, hello: Hello | None = None) -> Stream:
+    """Open the control stream and exchange HELLO/WELCOME on it; return the stream."""
+    control = await connection.open_stream()
+    channel = ControlChannel(client=True)
+    channel.send_hello(hello or Hello(versions=list(SUPPORTED_VERSIONS)))
+    await control.send_all(channel.data_to_send())
+    welcomed = False
+    while not welcomed:
+        data = await control.receive_some()
+        assert data, "the server ended the control stream"
+        welcomed = any(isinstance(e, WelcomeReceived) for e in channel.receive_data(data))
+    return control
+
+
+async def read_reply(stream: Stream) -> Frame:
+    """Read one frame, the whole stream up to its FIN."""
+    reader = OneFrameReader()
+    while data := await stream.receive_some():
+        reader.feed(data)
+    return reader.feed_eof()
 
 
 async def raw_call(connection: Connection, frame: bytes) -> Frame:
@@ -99,11 +113,9 @@ async def raw_call(connection: Connection, frame: bytes) -> Frame:
     stream = await connection.open_stream()
     await stream.send_all(frame)
     await stream.send_eof()
-    reader = OneFrameReader()
-    while data := await stream.receive_some():
-        reader.feed(data)
+    reply = await read_reply(stream)
     await stream.aclose()
-    return reader.feed_eof()
+    return reply
 
 
 async def read_to_end(stream: Stream) -> bytes:

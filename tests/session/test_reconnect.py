@@ -68,6 +68,12 @@ async def start_server(
     return RunningServer(server, scope, stopped)
 
 
+async def goaway_everyone(server: quicframe.Server) -> None:
+    """GOAWAY (5 s to drain) on every session of ``server``, which keeps listening."""
+    for session in list(server._sessions):
+        await session.send_goaway(5.0)
+
+
 @pytest.fixture
 def fast_client_config(client_config: ClientConfig) -> ClientConfig:
     return dataclasses.replace(client_config, handshake_timeout=0.3)
@@ -189,8 +195,7 @@ async def test_goaway_moves_new_calls_to_a_new_connection(
             first_connection = client.connection
             # GOAWAY from this server, but the same server keeps listening: the
             # client dials again while the old connection drains.
-            for session in list(old.server._sessions):
-                await session.send_goaway(5.0)
+            await goaway_everyone(old.server)
             assert await client.call(WHO, None) == "fresh"
             assert client.connection is not first_connection
             release.set()
@@ -308,8 +313,7 @@ async def test_reconnect_resumes_and_sends_idempotent_calls_as_early_data(
             assert await client.call(WHO, None) == "s"
             assert len(tickets) >= 1
             first_connection = client.connection
-            for session in list(server.server._sessions):
-                await session.send_goaway(5.0)
+            await goaway_everyone(server.server)
             await client._current.unusable.wait()
             results: dict[int, Any] = {}
 
@@ -359,8 +363,7 @@ async def test_an_early_call_on_a_refused_connection_is_retried_on_the_next(
             "127.0.0.1", server.port, client_config, idempotent=[WHO], early_data=True
         ) as client:
             assert await client.call(WHO, None) == "s"
-            for session in list(server._sessions):
-                await session.send_goaway(5.0)
+            await goaway_everyone(server)
             await client._current.unusable.wait()
             # Written early on a connection whose HELLO is then refused, the call
             # is sent again on the connection after it.

@@ -180,12 +180,9 @@ async def test_gold_response_overtakes_a_bronze_download(
     assert done == [SlaClass.GOLD, SlaClass.BRONZE]
 
 
-@deadline(15)
-async def test_queued_calls_are_admitted_most_urgent_first(
-    server_config: ServerConfig, client_config: ClientConfig
-) -> None:
-    release = trio.Event()
-    admitted: list[Any] = []
+def hold_router(release: trio.Event, admitted: list[Any]) -> quicframe.Router:
+    """HOLD admits one call at a time (the rest queue) and records each request as
+    its handler starts; the request "first" holds its slot until ``release``."""
     router = quicframe.Router(middleware=[limit_concurrency({HOLD: 1}, wait=True)])
 
     @router.rpc(HOLD)
@@ -195,6 +192,16 @@ async def test_queued_calls_are_admitted_most_urgent_first(
             await release.wait()
         return request
 
+    return router
+
+
+@deadline(15)
+async def test_queued_calls_are_admitted_most_urgent_first(
+    server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    release = trio.Event()
+    admitted: list[Any] = []
+    router = hold_router(release, admitted)
     async with (
         quicframe.open_server(router, "127.0.0.1", 0, server_config) as server,
         quicframe.connect("127.0.0.1", server.port, client_config) as client,
@@ -226,15 +233,7 @@ async def test_a_call_cancelled_in_the_admission_queue_leaves_it(
 ) -> None:
     release = trio.Event()
     admitted: list[Any] = []
-    router = quicframe.Router(middleware=[limit_concurrency({HOLD: 1}, wait=True)])
-
-    @router.rpc(HOLD)
-    async def hold(request: Any, ctx: quicframe.CallContext) -> Any:
-        admitted.append(request)
-        if request == "first":
-            await release.wait()
-        return request
-
+    router = hold_router(release, admitted)
     async with (
         quicframe.open_server(router, "127.0.0.1", 0, server_config) as server,
         quicframe.connect("127.0.0.1", server.port, client_config) as client,

@@ -7,10 +7,12 @@ the ``core`` fixture; the tests here mix cores on purpose.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,9 +21,9 @@ import trio.testing
 
 from quicframe import ClientConfig, CoreNotInstalled, ServerConfig, UnsupportedByCore
 from quicframe.errors import ConnectionClosed, IdleTimeout
-from quicframe.transport import Connection, SessionTicketStore, connect
+from quicframe.transport import Connection, SessionTicketStore, Stream, connect
 
-from .conftest import CertFiles, echo_handler, start_server
+from .conftest import CertFiles, Handler, ServerHandle, echo_handler, start_server
 
 HAVE_QH3 = importlib.util.find_spec("qh3") is not None
 needs_qh3 = pytest.mark.skipif(not HAVE_QH3, reason="qh3 is not installed")
@@ -46,6 +48,27 @@ def configs(
         idle_timeout=10.0,
     )
     return client, server
+
+
+@contextlib.asynccontextmanager
+async def served(
+    client_config: ClientConfig, server_config: ServerConfig, handler: Handler | None = None
+) -> AsyncIterator[tuple[ServerHandle, Connection]]:
+    """A server (see ``start_server``) and a client connected to it; the server
+    stops once the client has closed."""
+    async with trio.open_nursery() as nursery:
+        handle = await start_server(nursery, server_config, handler)
+        async with connect("127.0.0.1", handle.listener.port, client_config) as conn:
+            yield handle, conn
+        handle.cancel_scope.cancel()
+
+
+async def read_to_fin(stream: Stream) -> bytes:
+    """Read ``stream`` up to the peer's FIN."""
+    received = bytearray()
+    while chunk := await stream.receive_some():
+        received += chunk
+    return bytes(received)
 
 
 # -- selection and refusals ------------------------------------------------------------
@@ -127,10 +150,7 @@ async def test_cross_core_streams_datagrams_and_close(
                     payload = bytes([i % 256]) * (300_000 if i % 50 == 0 else 100)
                     await stream.send_all(payload)
                     await stream.send_eof()
-                    received = bytearray()
-                    while chunk := await stream.receive_some():
-                        received += chunk
-                    results[i] = bytes(received)
+                    results[i] = await read_to_fin(stream)
                     await stream.aclose()
 
                 async with trio.open_nursery() as streams:
@@ -169,9 +189,7 @@ async def test_cross_core_resumption_and_early_data(
 
     async def handler(connection: Connection) -> None:
         stream = await connection.accept_stream()
-        request = bytearray()
-        while chunk := await stream.receive_some():
-            request += chunk
+        request = await read_to_fin(stream)
         early_bytes.append(connection.early_data_received)
         await stream.send_all(request)
         await stream.send_eof()
@@ -184,10 +202,7 @@ async def test_cross_core_resumption_and_early_data(
             stream = await conn.open_stream()
             await stream.send_all(body)
             await stream.send_eof()
-            reply = bytearray()
-            while chunk := await stream.receive_some():
-                reply += chunk
-            assert reply == body
+            assert await read_to_fin(stream) == body
             await conn.ping()  # collects the ticket that follows the handshake
             return conn.session_resumed, conn.early_data_accepted
 
@@ -207,19 +222,16 @@ async def test_cross_core_migration(
 ) -> None:
     client_config, server_config = configs(cert_files, client_core, server_core)
     with trio.fail_after(15):
-        async with trio.open_nursery() as nursery:
-            handle = await start_server(nursery, server_config, echo_handler)
-            async with connect("127.0.0.1", handle.listener.port, client_config) as conn:
-                stream = await conn.open_stream()
-                await stream.send_all(b"before")
-                assert await stream.receive_some() == b"before"
-                old_port = conn.local_address[1]
-                await conn.migrate()
-                assert conn.local_address[1] != old_port
-                await stream.send_all(b"after")
-                assert await stream.receive_some() == b"after"
-                assert handle.connections[0].remote_address[1] == conn.local_address[1]
-            handle.cancel_scope.cancel()
+        async with served(client_config, server_config, echo_handler) as (handle, conn):
+            stream = await conn.open_stream()
+            await stream.send_all(b"before")
+            assert await stream.receive_some() == b"before"
+            old_port = conn.local_address[1]
+            await conn.migrate()
+            assert conn.local_address[1] != old_port
+            await stream.send_all(b"after")
+            assert await stream.receive_some() == b"after"
+            assert handle.connections[0].remote_address[1] == conn.local_address[1]
 
 
 @needs_qh3
@@ -233,12 +245,9 @@ async def test_cross_core_idle_timeout(
     client_config, server_config = configs(cert_files, client_core, server_core)
     client_config.idle_timeout = server_config.idle_timeout = 1.0
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            handle = await start_server(nursery, server_config)
-            async with connect("127.0.0.1", handle.listener.port, client_config) as conn:
-                with pytest.raises(IdleTimeout):
-                    await conn.accept_stream()
-            handle.cancel_scope.cancel()
+        async with served(client_config, server_config) as (_, conn):
+            with pytest.raises(IdleTimeout):
+                await conn.accept_stream()
 
 
 @needs_qh3
@@ -258,11 +267,8 @@ async def test_qh3_server_loads_a_combined_pem_and_cryptography_objects(
     for server_config in (ServerConfig(core="qh3", certificate=combined), loaded):
         client_config, _ = configs(cert_files, "qh3", "qh3")
         with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                handle = await start_server(nursery, server_config, echo_handler)
-                async with connect("127.0.0.1", handle.listener.port, client_config) as conn:
-                    assert conn.handshake_complete
-                handle.cancel_scope.cancel()
+            async with served(client_config, server_config, echo_handler) as (_, conn):
+                assert conn.handshake_complete
 
 
 async def test_rejected_early_data_keeps_a_fin_sent_on_its_own(
@@ -276,9 +282,7 @@ async def test_rejected_early_data_keeps_a_fin_sent_on_its_own(
 
     async def handler(connection: Connection) -> None:
         stream = await connection.accept_stream()
-        request = bytearray()
-        while chunk := await stream.receive_some():
-            request += chunk
+        request = await read_to_fin(stream)
         await stream.send_all(b"re:" + request)
         await stream.send_eof()
         await connection.accept_stream()  # until the client closes
@@ -291,10 +295,7 @@ async def test_rejected_early_data_keeps_a_fin_sent_on_its_own(
             await stream.send_all(body)
             await trio.testing.wait_all_tasks_blocked()  # the data is flushed alone
             await stream.send_eof()
-            reply = bytearray()
-            while chunk := await stream.receive_some():
-                reply += chunk
-            assert reply == b"re:" + body
+            assert await read_to_fin(stream) == b"re:" + body
             await conn.ping()  # collects the server's ticket
             return conn
 

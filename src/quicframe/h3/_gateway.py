@@ -35,6 +35,7 @@ from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.events import StopSendingReceived, StreamDataReceived, StreamReset
 
 from .._router import CallContext, Route
+from .._server import run_call
 from .._util import send_with_fin
 from ..errors import (
     ErrorCode,
@@ -292,13 +293,6 @@ class Gateway:
             ),
             live=[driver.sub.queue.stats() for driver in self._subscriptions],
         )
-
-
-class _CallState:
-    __slots__ = ("peer_cancelled",)
-
-    def __init__(self) -> None:
-        self.peer_cancelled = False
 
 
 class _H3Session:
@@ -795,62 +789,25 @@ class _H3Session:
         log_extra: dict[str, Any],
     ) -> None:
         server = self._server
-        scope = ctx.cancel_scope
-        assert scope is not None
-        state = _CallState()
-
-        def client_gave_up(code: int) -> None:
-            # STOP_SENDING from the client (an aborted fetch): cancel exactly this
-            # call, through the transport's callback as the native server does,
-            # rather than with a watcher task per call.
-            state.peer_cancelled = True
-            scope.cancel()
-
-        if stream._send_error is not None:
-            client_gave_up(stream._send_error)  # it came before the handler started
-        else:
-            stream._stop_callback = client_gave_up
         pipeline = self._router.pipeline(route)
-        self._in_flight += 1
-        server._in_flight += 1
-        result: Any = None
-        error: tuple[int, str, dict[str, Any]] | None = None
-        try:
-            with scope:
-                try:
-                    result = await pipeline(ctx, value)
-                except RemoteError as exc:
-                    error = (exc.code, exc.message, exc.details)
-                except Exception as exc:
-                    logger.exception(
-                        "call %s (opcode 0x%04x, %s) failed",
-                        ctx.request_id,
-                        ctx.opcode,
-                        route.name,
-                        extra=log_extra,
-                    )
-                    error = (ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}", {})
-        finally:
-            stream._stop_callback = None
-            self._in_flight -= 1
-            server._in_flight -= 1
-            server._drain_lot.unpark_all()
+        result, error, cancelled = await run_call(
+            stream,
+            ctx,
+            route.name,
+            lambda: pipeline(ctx, value),
+            self,
+            server,
+            lambda: log_extra,
+        )
         metrics = self.gateway.metrics
-        if scope.cancelled_caught:
-            if state.peer_cancelled:
-                logger.debug("call %s cancelled by the client", ctx.request_id, extra=log_extra)
-                metrics.call_finished(
-                    opcode_label, "CANCELLED", 499, trio.current_time() - ctx.received_at
-                )
-                metrics.request_finished("rpc", 499)
-                stream.reset(H3ErrorCode.H3_REQUEST_CANCELLED)
-                return
-            budget_ms = (ctx.deadline - ctx.received_at) * 1000
-            error = (
-                ErrorCode.DEADLINE_EXCEEDED,
-                f"the deadline ran out after {budget_ms:.1f} ms",
-                {},
+        if cancelled:
+            logger.debug("call %s cancelled by the client", ctx.request_id, extra=log_extra)
+            metrics.call_finished(
+                opcode_label, "CANCELLED", 499, trio.current_time() - ctx.received_at
             )
+            metrics.request_finished("rpc", 499)
+            stream.reset(H3ErrorCode.H3_REQUEST_CANCELLED)
+            return
         if error is None:
             try:
                 body = mapping.encode_body(route.response_codec.encode(result), response_type)

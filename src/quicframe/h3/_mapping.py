@@ -10,7 +10,7 @@ import binascii
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -309,6 +309,22 @@ def normalise_media_type(content_type: str | None) -> str | None:
     return content_type
 
 
+def _accept_entries(accept: str) -> Iterator[tuple[str, float]]:
+    """Each media range of an Accept header, lower-cased, with its q-value (1.0
+    when absent, 0.0 when unreadable)."""
+    for item in accept.split(","):
+        media, _, params = item.strip().partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        yield media.strip().lower(), q
+
+
 def choose_response_type(accept: str | None, request_type: str | None) -> str | None:
     """MSGPACK or JSON as the Accept header prefers, or None when it allows neither.
 
@@ -320,17 +336,7 @@ def choose_response_type(accept: str | None, request_type: str | None) -> str | 
         return default
     best: str | None = None
     best_q = 0.0
-    for item in accept.split(","):
-        media, _, params = item.strip().partition(";")
-        media = media.strip().lower()
-        q = 1.0
-        for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
+    for media, q in _accept_entries(accept):
         if media in ("*/*", "application/*"):
             candidate: str | None = default
         else:
@@ -355,17 +361,7 @@ def choose_stream_type(accept: str | None) -> str | None:
         return RECORDS
     best: str | None = None
     best_q = 0.0
-    for item in accept.split(","):
-        media, _, params = item.strip().partition(";")
-        media = media.strip().lower()
-        q = 1.0
-        for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
+    for media, q in _accept_entries(accept):
         if media in (EVENT_STREAM, "text/*"):
             candidate: str | None = EVENT_STREAM
         elif media in ("*/*", "application/*", RECORDS) or media in _MSGPACK_ALIASES:

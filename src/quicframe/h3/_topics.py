@@ -180,6 +180,18 @@ def _json_default(value: object) -> str:
     return str(value)
 
 
+# The record of each control frame a subscription writes: its event name and
+# the fields it carries, in order.
+_CONTROL_RECORDS: Final[dict[type, tuple[str, tuple[str, ...]]]] = {
+    Subscribed: (
+        "subscribed",
+        ("topic", "frame_type", "head", "first_seq", "policy", "queue_size"),
+    ),
+    SnapshotMarker: ("snapshot", ("phase", "seq", "count")),
+    Gap: ("gap", ("first_missing", "last_missing", "reason")),
+}
+
+
 class RecordEncoder:
     """Turns the frames of one subscription (control frames and the topic's data
     frames, as a native subscription stream carries them) into response records.
@@ -217,32 +229,11 @@ class RecordEncoder:
             }
             return self._pack(record, None)
         body = decode_control(frame_type, frame.body)
-        if isinstance(body, Subscribed):
-            record = {
-                "event": "subscribed",
-                "topic": body.topic,
-                "frame_type": body.frame_type,
-                "head": body.head,
-                "first_seq": body.first_seq,
-                "policy": body.policy,
-                "queue_size": body.queue_size,
-            }
-        elif isinstance(body, SnapshotMarker):
-            record = {
-                "event": "snapshot",
-                "phase": body.phase,
-                "seq": body.seq,
-                "count": body.count,
-            }
-        elif isinstance(body, Gap):
-            record = {
-                "event": "gap",
-                "first_missing": body.first_missing,
-                "last_missing": body.last_missing,
-                "reason": body.reason,
-            }
-        else:  # pragma: no cover - a server subscription writes nothing else
-            raise AssertionError(f"unexpected frame type 0x{frame_type:02x}")
+        try:
+            event, names = _CONTROL_RECORDS[type(body)]
+        except KeyError:  # pragma: no cover - a server subscription writes nothing else
+            raise AssertionError(f"unexpected frame type 0x{frame_type:02x}") from None
+        record = {"event": event, **{name: getattr(body, name) for name in names}}
         return self._pack(record, None)
 
     def _pack(self, record: dict[str, Any], seq: int | None) -> bytes:

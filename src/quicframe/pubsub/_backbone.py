@@ -39,7 +39,8 @@ is gone, so "nothing missed" is never silently broken.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import operator
+from collections.abc import Callable, Hashable
 from typing import Final, NamedTuple, Protocol
 
 from ._errors import HistoryGap
@@ -195,6 +196,51 @@ class InMemoryLog:
         elif ring:
             ring[(seq - self._base) % self._capacity] = entry
 
+    def extend(self, entries: list[Entry], /) -> None:
+        """:meth:`append` each entry in turn, in fewer steps: the numbers must run on
+        from the head without a hole (``head + 1``, ``head + 2``...).
+
+        Raises:
+            ValueError: the numbers do not run on from the head (nothing recorded).
+        """
+        n = len(entries)
+        if not n:
+            return
+        first = entries[0][0]
+        last = entries[-1][0]
+        if first != self._head + 1 or last != first + n - 1:
+            if n == 1 or first <= self._head:
+                # One entry, or a bad first number: append says what is wrong.
+                for entry in entries:
+                    self.append(entry)
+                return
+            raise ValueError(
+                f"topic {self.topic!r}: entries {first}..{last} are not numbered in a run"
+            )
+        self._head = last
+        self._latest.update(zip(map(_key_of, entries), entries, strict=True))
+        ring = self._ring
+        capacity = self._capacity
+        room = capacity - len(ring)
+        if n <= room:
+            ring.extend(entries)
+            return
+        if room > 0:
+            ring.extend(entries[:room])
+            entries = entries[room:]
+        if not ring:  # capacity 0: no history
+            return
+        if len(entries) > capacity:  # only the last ``capacity`` survive
+            entries = entries[-capacity:]
+        start = (entries[0][0] - self._base) % capacity
+        stop = start + len(entries)
+        if stop <= capacity:
+            ring[start:stop] = entries
+        else:
+            split = capacity - start
+            ring[start:] = entries[:split]
+            ring[: stop - capacity] = entries[split:]
+
     def read(self, from_seq: int, limit: int, /) -> list[Entry]:
         first = self.first_seq
         if from_seq < first:
@@ -217,6 +263,9 @@ class InMemoryLog:
 
 def _seq_of(entry: Entry) -> int:
     return entry.seq
+
+
+_key_of: Final[Callable[[Entry], Hashable]] = operator.itemgetter(1)
 
 
 class InMemoryBackbone:

