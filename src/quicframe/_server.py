@@ -557,6 +557,19 @@ class _Session:
                 stream, opcode, request_id, ErrorCode.NOT_FOUND, f"unknown opcode 0x{opcode:04x}"
             )
             return
+        if stream.arrived_early and not route.idempotent:
+            # 0-RTT data can be replayed by whoever recorded it: only operations
+            # registered as idempotent run from it (PROTOCOL.md 7.2).  Not run, so
+            # the caller may send it again once the handshake is done.
+            await self._fail(
+                stream,
+                opcode,
+                request_id,
+                ErrorCode.UNAVAILABLE,
+                "not idempotent: refused as 0-RTT early data",
+                {"early_data": True},
+            )
+            return
         if self._in_flight >= self._options.max_concurrent_calls:
             await self._fail(
                 stream,

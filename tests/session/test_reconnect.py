@@ -25,7 +25,7 @@ FAST = ReconnectPolicy(max_retries=3, initial_backoff=0.02, max_backoff=0.1, jit
 def make_router(name: str, hold: trio.Event | None = None) -> quicframe.Router:
     router = quicframe.Router()
 
-    @router.rpc(WHO)
+    @router.rpc(WHO, idempotent=True)  # may run from 0-RTT early data
     async def who(request: Any, ctx: quicframe.CallContext) -> Any:
         return name
 
@@ -333,6 +333,60 @@ async def test_reconnect_resumes_and_sends_idempotent_calls_as_early_data(
             assert stats.reconnects == 1
             assert stats.early_calls == 1
         await server.kill()
+
+
+@deadline(15)
+async def test_the_server_refuses_a_non_idempotent_call_sent_as_early_data(
+    server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    # A client that wrongly treats OTHER as idempotent sends it as 0-RTT data:
+    # the server, where OTHER is not registered idempotent, does not run it
+    # (0-RTT can be replayed), while the idempotent WHO runs as usual.
+    server_config, client_config, _tickets = _resuming(server_config, client_config)
+    OTHER = 0x03
+    router = make_router("s")
+    ran: list[int] = []
+
+    @router.rpc(OTHER)
+    async def other(request: Any, ctx: quicframe.CallContext) -> Any:
+        ran.append(OTHER)
+        return "other"
+
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery, router, 0, server_config)
+        port = server.server.port
+        async with quicframe.connect(
+            "127.0.0.1", port, client_config, idempotent=[WHO, OTHER], early_data=True
+        ) as client:
+            assert await client.call(WHO, None) == "s"  # and a ticket arrives
+            await goaway_everyone(server.server)
+            await client._current.unusable.wait()
+            # Both calls wait for the new, resumed connection and go out as 0-RTT.
+            results = await asyncio_free_gather(client, [WHO, OTHER])
+            assert client.connection.early_data_accepted
+            assert client.statistics().early_calls == 2
+        assert results[WHO] == "s"
+        error = results[OTHER]
+        assert isinstance(error, quicframe.errors.Unavailable)
+        assert error.details == {"early_data": True}
+        assert ran == []
+        await server.kill()
+
+
+async def asyncio_free_gather(client: quicframe.Client, opcodes: list[int]) -> dict[int, Any]:
+    """Start one call per opcode at once; the reply or the exception of each."""
+    results: dict[int, Any] = {}
+
+    async def call(opcode: int) -> None:
+        try:
+            results[opcode] = await client.call(opcode, None)
+        except quicframe.errors.QuicframeError as exc:
+            results[opcode] = exc
+
+    async with trio.open_nursery() as nursery:
+        for opcode in opcodes:
+            nursery.start_soon(call, opcode)
+    return results
 
 
 @deadline(15)

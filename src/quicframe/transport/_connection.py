@@ -875,6 +875,8 @@ class Connection:
                 if stream is None:
                     stream = self._new_peer_stream(event.stream_id)
                 if stream is not None:
+                    if self._counting_early_data and event.data:
+                        stream._arrived_early = True
                     if stream._receive_lot:
                         self._answer_expected = True
                     stream._on_data(event.data, event.end_stream)

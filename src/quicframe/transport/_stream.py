@@ -68,6 +68,7 @@ class Stream(trio.abc.HalfCloseableStream):
         self._stream_id = stream_id
         self._closed = False
         self._forgotten = False  # the connection was told the application is done
+        self._arrived_early = False  # some data came as 0-RTT (server side)
         # Receive side.
         # Received chunks as the core delivered them, so reading the common case (a
         # whole chunk) copies nothing; _receive_size is their total length.
@@ -341,6 +342,16 @@ class Stream(trio.abc.HalfCloseableStream):
         return self._send_error
 
     # -- receiving ----------------------------------------------------------------
+
+    @property
+    def arrived_early(self) -> bool:
+        """True on a server when some of this stream's data came as 0-RTT early data.
+
+        Early data can be replayed by anyone who recorded it (RFC 9001 section
+        9.2): an application should only act on such a stream if doing the same
+        thing twice is harmless.
+        """
+        return self._arrived_early
 
     @property
     def receive_finished(self) -> bool:
