@@ -309,7 +309,7 @@ def server_main(args: argparse.Namespace) -> None:
     router.add_topic(ticks)
     router.add_topic(acks)
 
-    @router.rpc(ECHO)
+    @router.rpc(ECHO, idempotent=True)  # clients retry it and may send it as 0-RTT
     async def echo(request: object, ctx: quicframe.CallContext) -> object:
         return request
 

@@ -54,7 +54,7 @@ def market_router(history: int = 100_000) -> tuple[Router, Topic[MarketTick], To
     router.add_topic(ticks)
     router.add_topic(acks)
 
-    @router.rpc(ECHO)
+    @router.rpc(ECHO, idempotent=True)
     async def echo(request: object, ctx: quicframe.CallContext) -> object:
         return request
 
