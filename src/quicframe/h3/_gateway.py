@@ -30,11 +30,17 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import trio
 from aioquic.buffer import encode_uint_var
-from aioquic.h3.connection import ErrorCode as H3ErrorCode, FrameType, H3Connection, encode_frame
+from aioquic.h3.connection import (
+    ErrorCode as H3ErrorCode,
+    FrameType,
+    H3Connection,
+    Setting,
+    encode_frame,
+)
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.events import StopSendingReceived, StreamDataReceived, StreamReset
 
-from .._router import CallContext, Route
+from .._router import CallContext, Route, Router
 from .._server import run_call
 from .._util import send_with_fin
 from ..errors import (
@@ -50,7 +56,7 @@ from ..transport import StreamResetByPeer
 from ..wire import Metadata
 from . import _mapping as mapping
 from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics, NativeSnapshot
-from ._quic import TERMINAL_ERRORS, StreamQuic
+from ._quic import TERMINAL_ERRORS, LiteralEncoder, StreamQuic
 
 if TYPE_CHECKING:
     from aioquic.quic.connection import QuicConnection
@@ -295,6 +301,33 @@ class Gateway:
         )
 
 
+class _GatewayH3Connection(H3Connection):
+    """``H3Connection`` with QPACK's dynamic table off in both directions.
+
+    A header block that refers to the dynamic table must be acknowledged by the
+    receiving decoder on its decoder stream: a STREAM frame more per request and
+    per response, and, for the client's acknowledgements of our responses, one
+    more packet per response for the server to receive and feed.  The fields
+    worth indexing on a response are mostly new each time (``x-request-id``).  So
+    our encoder announces a table of capacity 0 (RFC 9204 lets it use less than
+    the peer allows; see :class:`~quicframe.h3._quic.LiteralEncoder`), and our
+    SETTINGS ask the client for the same: headers travel as static-table
+    references and literals, and no header block waits for encoder
+    instructions.  A client that ignores the setting is still decoded (the
+    decoder keeps aioquic's limits).
+    """
+
+    def __init__(self, quic: QuicConnection) -> None:
+        super().__init__(quic)
+        self._encoder = cast("Any", LiteralEncoder(self._encoder))
+
+    def _get_local_settings(self) -> dict[int, int]:
+        settings = super()._get_local_settings()
+        settings[Setting.QPACK_MAX_TABLE_CAPACITY] = 0
+        settings[Setting.QPACK_BLOCKED_STREAMS] = 0
+        return settings
+
+
 class _H3Session:
     """One HTTP/3 connection."""
 
@@ -325,7 +358,7 @@ class _H3Session:
             return
         self._control = uni[0]  # H3Connection makes the first one its control stream
         quic = self._quic = StreamQuic(connection, uni)
-        self._h3 = H3Connection(cast("QuicConnection", quic))
+        self._h3 = _GatewayH3Connection(cast("QuicConnection", quic))
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(quic.run_writer)
@@ -637,7 +670,7 @@ class _H3Session:
         router = self._router
         opcode = mapping.parse_opcode(opcode_text)
         if opcode is None:
-            opcode = _route_names(router.routes).get(opcode_text)
+            opcode = _opcode_named(router, opcode_text)
         route = None if opcode is None else router.route(opcode)
         opcode_label = "unknown" if route is None else f"0x{route.opcode:04x}"
         try:
@@ -935,5 +968,14 @@ def enable_http3(
     return config, gateway.handle_connection
 
 
-def _route_names(routes: tuple[Route, ...]) -> dict[str, int]:
-    return {route.name: route.opcode for route in routes}
+def _opcode_named(router: Router, name: str) -> int | None:
+    """The opcode of the route called ``name`` (the highest if several are), or None.
+
+    A scan of the router's table on each call rather than a cached map: routes
+    may be added while the server runs, and a router holds few of them.
+    """
+    found: int | None = None
+    for opcode, route in router._routes.items():
+        if route.name == name and (found is None or opcode > found):
+            found = opcode
+    return found

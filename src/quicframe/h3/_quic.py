@@ -22,7 +22,7 @@ otherwise kept in order for a writer task (:meth:`StreamQuic.run_writer`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -31,10 +31,37 @@ from ..errors import ConnectionClosed
 if TYPE_CHECKING:
     from ..transport import Connection, Stream
 
-__all__ = ["StreamQuic", "TERMINAL_ERRORS"]
+__all__ = ["LiteralEncoder", "StreamQuic", "TERMINAL_ERRORS"]
 
 # What a stream operation raises once its stream or connection is gone.
 TERMINAL_ERRORS = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class LiteralEncoder:
+    """A QPACK encoder that never inserts into the dynamic table.
+
+    Stands in for ``H3Connection``'s ``pylsqpack.Encoder`` (which it wraps),
+    whatever table capacity the peer allows: it announces a capacity of 0 (RFC
+    9204 lets an encoder use less than the peer's maximum) and so encodes with
+    the static table and literals only, and the peer's decoder has nothing to
+    acknowledge.
+    """
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def apply_settings(self, max_table_capacity: int, blocked_streams: int) -> bytes:
+        data: bytes = self._inner.apply_settings(max_table_capacity=0, blocked_streams=0)
+        return data
+
+    def encode(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
+        result: tuple[bytes, bytes] = self._inner.encode(stream_id, headers)
+        return result
+
+    def feed_decoder(self, data: bytes) -> None:
+        self._inner.feed_decoder(data)
 
 
 @dataclass(slots=True)
@@ -95,6 +122,10 @@ class StreamQuic:
         return stream.stream_id
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        if not data and not end_stream:
+            # H3Connection hands over its QPACK streams' output after every header
+            # block, most often nothing: not worth a stream write.
+            return
         box = self._outboxes.get(stream_id)
         if box is None:
             return  # the stream is gone (reset, or its task finished): drop
