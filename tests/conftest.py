@@ -11,8 +11,13 @@ aioquic only (and are deselected by ``--core qh3``), never skipped.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+
+from quicframe import ClientConfig, ServerConfig
+from quicframe.testing import write_self_signed_certificate
 
 INSTALLED_CORES = ["aioquic"] + (["qh3"] if importlib.util.find_spec("qh3") else [])
 
@@ -52,3 +57,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if len(keep) != len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
         items[:] = keep
+
+
+@dataclass(frozen=True)
+class CertFiles:
+    certificate: Path
+    private_key: Path
+
+
+@pytest.fixture(scope="session")
+def cert_files(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
+    """A self-signed EC certificate for "localhost", 127.0.0.1 and ::1."""
+    return CertFiles(*write_self_signed_certificate(tmp_path_factory.mktemp("certs")))
+
+
+@pytest.fixture
+def server_config(cert_files: CertFiles, core: str) -> ServerConfig:
+    """The server side of the loopback tests, on the core under test."""
+    return ServerConfig(
+        core=core,
+        certificate=cert_files.certificate,
+        private_key=cert_files.private_key,
+        idle_timeout=10.0,
+    )
+
+
+@pytest.fixture
+def client_config(cert_files: CertFiles, core: str) -> ClientConfig:
+    """A client that trusts ``cert_files``, on the core under test."""
+    return ClientConfig(
+        core=core,
+        ca_file=cert_files.certificate,
+        server_name="localhost",
+        idle_timeout=10.0,
+        handshake_timeout=5.0,
+    )

@@ -29,9 +29,15 @@ import quicframe
 from quicframe import ServerConfig
 from quicframe.testing import write_self_signed_certificate
 
-from ..session.conftest import Certificate, deadline
+from ..session.conftest import deadline
 
 __all__ = ["H3Client", "Response", "deadline", "h3_client", "open_gateway"]
+
+
+@dataclass(frozen=True)
+class Certificate:
+    path: Path
+    key_path: Path
 
 
 @pytest.fixture(scope="session")

@@ -33,8 +33,7 @@ from quicframe.middleware import limit_concurrency, log_calls, require_principal
 from quicframe.session import Hello, sla_urgency
 from quicframe.transport import Connection
 
-from ..session.conftest import Certificate
-from .conftest import H3Client, Response, deadline, h3_client, open_gateway
+from .conftest import Certificate, H3Client, Response, deadline, h3_client, open_gateway
 
 ECHO = 0x0001
 QUOTE = 0x0101

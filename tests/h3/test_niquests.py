@@ -19,8 +19,7 @@ from niquests.structures import QuicSharedCache
 import quicframe
 from quicframe import ServerConfig
 
-from ..session.conftest import Certificate
-from .conftest import deadline, open_gateway
+from .conftest import Certificate, deadline, open_gateway
 
 ECHO = 0x0001
 SLEEP = 0x0002

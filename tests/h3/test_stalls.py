@@ -25,8 +25,7 @@ from quicframe import ClientConfig, ServerConfig
 from quicframe.h3._quic import StreamQuic
 from quicframe.transport import Connection, Stream, connect as transport_connect
 
-from ..session.conftest import Certificate
-from .conftest import H3Client, deadline, h3_client, open_gateway
+from .conftest import Certificate, H3Client, deadline, h3_client, open_gateway
 
 ECHO = 0x0001
 BLOCK = 0x0002

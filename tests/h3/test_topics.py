@@ -27,8 +27,7 @@ from quicframe.h3._topics import RecordEncoder, parse_subscription_query
 from quicframe.pubsub import Policy
 from quicframe.transport import Stream, connect as transport_connect
 
-from ..session.conftest import Certificate
-from .conftest import H3Client, deadline, h3_client, open_gateway
+from .conftest import Certificate, H3Client, deadline, h3_client, open_gateway
 from .test_stalls import StreamH3Client
 
 ECHO = 0x0001

@@ -9,48 +9,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 
 import quicframe
-from quicframe import ClientConfig, ServerConfig
-from quicframe.testing import write_self_signed_certificate
-
-
-@dataclass(frozen=True)
-class Certificate:
-    path: Path
-    key_path: Path
-
-
-@pytest.fixture(scope="session")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
-    return Certificate(*write_self_signed_certificate(tmp_path_factory.mktemp("pubsub-certs")))
-
-
-@pytest.fixture
-def server_config(certificate: Certificate, core: str) -> ServerConfig:
-    return ServerConfig(
-        core=core,
-        certificate=certificate.path,
-        private_key=certificate.key_path,
-        idle_timeout=10.0,
-    )
-
-
-@pytest.fixture
-def client_config(certificate: Certificate, core: str) -> ClientConfig:
-    return ClientConfig(
-        core=core,
-        ca_file=certificate.path,
-        server_name="localhost",
-        idle_timeout=10.0,
-        handshake_timeout=5.0,
-    )
+from quicframe import ServerConfig
 
 
 @contextlib.asynccontextmanager

@@ -9,14 +9,11 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-import pytest
 import trio
 
-from quicframe import ClientConfig, ServerConfig
+from quicframe import ClientConfig
 from quicframe.session import (
     SUPPORTED_VERSIONS,
     ControlChannel,
@@ -24,7 +21,6 @@ from quicframe.session import (
     OneFrameReader,
     WelcomeReceived,
 )
-from quicframe.testing import write_self_signed_certificate
 from quicframe.transport import Connection, Stream, connect as transport_connect
 from quicframe.wire import Frame
 
@@ -44,36 +40,6 @@ def deadline(seconds: float) -> Callable[[Callable[P, Awaitable[R]]], Callable[P
         return bounded
 
     return decorate
-
-
-@dataclass(frozen=True)
-class Certificate:
-    path: Path
-    key_path: Path
-
-
-@pytest.fixture(scope="session")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
-    """A self-signed P-256 certificate valid for localhost and 127.0.0.1."""
-    return Certificate(*write_self_signed_certificate(tmp_path_factory.mktemp("certs")))
-
-
-@pytest.fixture
-def server_config(certificate: Certificate, core: str) -> ServerConfig:
-    return ServerConfig(
-        core=core, certificate=certificate.path, private_key=certificate.key_path, idle_timeout=10.0
-    )
-
-
-@pytest.fixture
-def client_config(certificate: Certificate, core: str) -> ClientConfig:
-    return ClientConfig(
-        core=core,
-        ca_file=certificate.path,
-        server_name="localhost",
-        idle_timeout=10.0,
-        handshake_timeout=5.0,
-    )
 
 
 @contextlib.asynccontextmanager

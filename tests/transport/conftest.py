@@ -8,49 +8,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import trio
 
-from quicframe import ClientConfig, ServerConfig
+from quicframe import ServerConfig
 from quicframe.errors import ConnectionClosed
-from quicframe.testing import write_self_signed_certificate
 from quicframe.transport import Connection, Listener, Stream, serve
 
-
-@dataclass(frozen=True)
-class CertFiles:
-    certificate: Path
-    private_key: Path
-
-
-@pytest.fixture(scope="session")
-def cert_files(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
-    """A self-signed EC certificate for "localhost", 127.0.0.1 and ::1."""
-    return CertFiles(*write_self_signed_certificate(tmp_path_factory.mktemp("certs")))
-
-
-@pytest.fixture
-def server_config(cert_files: CertFiles, core: str) -> ServerConfig:
-    return ServerConfig(
-        core=core,
-        certificate=cert_files.certificate,
-        private_key=cert_files.private_key,
-        idle_timeout=10.0,
-    )
-
-
-@pytest.fixture
-def client_config(cert_files: CertFiles, core: str) -> ClientConfig:
-    return ClientConfig(
-        core=core,
-        ca_file=cert_files.certificate,
-        server_name="localhost",
-        idle_timeout=10.0,
-        handshake_timeout=5.0,
-    )
-
+from ..conftest import CertFiles as CertFiles  # the fixtures live in tests/conftest.py
 
 Handler = Callable[[Connection], Awaitable[object]]
 

@@ -602,11 +602,10 @@ class Connection:
             self._driver_lot.unpark_all()
 
     def _mark_dirty(self, stream: Stream) -> None:
-        dirty = self._dirty
-        if len(dirty) >= _EAGER_FLUSH_STREAMS and stream._stream_id not in dirty:
-            self._flush_eagerly()
-        dirty = self._dirty
-        dirty[stream._stream_id] = stream
+        stream_id = stream._stream_id
+        if len(self._dirty) >= _EAGER_FLUSH_STREAMS and stream_id not in self._dirty:
+            self._flush_eagerly()  # hands the queued writes over: a fresh _dirty
+        self._dirty[stream_id] = stream
         self._wake()
 
     def _flush_eagerly(self) -> None:
