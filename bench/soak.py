@@ -66,6 +66,7 @@ from typing import Any, Final
 import trio
 
 import quicframe
+from quicframe.cli import run_feed
 from quicframe.errors import QuicframeError
 from quicframe.pubsub import HistoryGap
 from quicframe.pubsub._backbone import Entry, InMemoryLog, Snapshot
@@ -275,32 +276,6 @@ def _tick_key(tick: MarketTick) -> Hashable:
     return tick.instrument_id
 
 
-async def feed_loop(
-    feed: RandomWalkFeed,
-    ticks: quicframe.Topic[MarketTick],
-    acks: quicframe.Topic[OrderAck],
-    *,
-    rate: float,
-    ack_every: int,
-) -> None:
-    """Publish ``rate`` ticks a second, and an order ack every ``ack_every`` ticks."""
-    start = trio.current_time()
-    published = 0
-    for _ in range(MAX_STEPS):  # one step a millisecond at most; until cancelled
-        now = trio.current_time()
-        due = int((now - start) * rate) + 1
-        batch = []
-        while published < due:
-            published += 1
-            wall = time.time_ns()
-            batch.append(feed.next_tick(wall))
-            if published % ack_every == 0:
-                await acks.publish(feed.next_ack(wall))
-        if batch:
-            await ticks.publish_many(batch)
-        await trio.sleep_until(max(now + 0.001, start + published / rate))
-
-
 def server_main(args: argparse.Namespace) -> None:
     backbone = JournalBackbone(Path(args.journal))
     router = quicframe.Router()
@@ -330,9 +305,9 @@ def server_main(args: argparse.Namespace) -> None:
             nursery.start_soon(gauges.run)
             feed_scope = trio.CancelScope()
 
-            async def run_feed() -> None:
+            async def feed_task() -> None:
                 with feed_scope:
-                    await feed_loop(feed, ticks, acks, rate=args.rate, ack_every=args.ack_every)
+                    await run_feed(feed, ticks, acks, rate=args.rate, ack_every=args.ack_every)
 
             rss, tasks = gauges.sample()
             emit(
@@ -349,7 +324,7 @@ def server_main(args: argparse.Namespace) -> None:
             async with contextlib.aclosing(commands()) as lines:
                 async for words in lines:
                     if words[0] == "feed":
-                        nursery.start_soon(run_feed)
+                        nursery.start_soon(feed_task)
                         emit({"event": "feed"})
                     elif words[0] in ("stats", "stop"):
                         if words[0] == "stop":
