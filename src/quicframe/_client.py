@@ -10,6 +10,10 @@ stops the server's sending with CANCELLED.
 Each connection's session state lives in a ``_Link``.  With a
 :class:`~quicframe.ReconnectPolicy`, a supervisor task dials a new link when the
 current one dies or receives GOAWAY; calls wait for it within their deadlines.
+With several addresses (``connect``'s, then ``ClientConfig.addresses``), the
+supervisor dials them in a ring, starting after the address it lost, and
+subscriptions on a link that received GOAWAY leave it for the new link as soon
+as that is ready (``Client._leave_after_goaway``).
 New links resume the TLS session from the ticket store when they can.  With
 ``early_data``, a link whose ticket allows 0-RTT is offered to calls of
 idempotent opcodes as soon as HELLO is written (before WELCOME), so those
@@ -149,6 +153,8 @@ class ClientStatistics:
         early_calls: calls sent on a new connection before its session
             handshake finished, as 0-RTT data (see ``connect(early_data=...)``).
         goaway: the GOAWAY the server sent on the current connection, or None.
+        address: the ``(host, port)`` the current connection was dialled to: the
+            one given to ``connect`` or one of ``ClientConfig.addresses``.
     """
 
     rtt: float | None
@@ -161,13 +167,17 @@ class ClientStatistics:
     retries: int
     early_calls: int
     goaway: GoAway | None
+    address: tuple[str, int]
 
 
 class _Link:
     """The session state of one connection: control stream, WELCOME, pings."""
 
-    def __init__(self, connection: Connection, max_frame_size: int) -> None:
+    def __init__(
+        self, connection: Connection, max_frame_size: int, address: tuple[str, int]
+    ) -> None:
         self.connection = connection
+        self.address = address
         self.channel = ControlChannel(client=True, max_frame_size=max_frame_size)
         self.control: Stream | None = None
         self.control_lock = trio.Lock()
@@ -209,6 +219,7 @@ class Client:
         heartbeat: bool,
         reconnect: ReconnectPolicy | None,
         idempotent: Iterable[int],
+        addresses: Iterable[tuple[str, int]],
     ) -> None:
         self._interceptors = tuple(interceptors)
         self._max_frame_size = max_frame_size
@@ -216,6 +227,8 @@ class Client:
         # A policy that allows no attempt is no policy: nobody would reconnect.
         self._policy = reconnect if reconnect is not None and reconnect.max_retries > 0 else None
         self._idempotent = frozenset(idempotent)
+        # Where to dial, in order: connect's address first (no duplicates).
+        self._addresses = tuple(dict.fromkeys(addresses))
         self._link: _Link | None = None
         # A link still in its handshake that idempotent calls may use (0-RTT).
         self._early_link: _Link | None = None
@@ -260,6 +273,16 @@ class Client:
         return welcome
 
     @property
+    def address(self) -> tuple[str, int]:
+        """The ``(host, port)`` the current connection was dialled to."""
+        return self._current.address
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """Every address the client may connect to, in the order it tries them."""
+        return self._addresses
+
+    @property
     def protocol_version(self) -> int:
         """The negotiated session protocol version."""
         return self.welcome.version
@@ -282,6 +305,7 @@ class Client:
             retries=self._retries,
             early_calls=self._early_calls,
             goaway=None if self._link is None else self._link.goaway,
+            address=self._addresses[0] if self._link is None else self._link.address,
         )
 
     # -- calls ----------------------------------------------------------------
@@ -731,11 +755,11 @@ class Client:
 
     async def _run_link(
         self,
-        host: str,
-        port: int,
         config: ClientConfig,
         hello: Hello,
         early_data: bool,
+        host: str,
+        port: int,
         *,
         task_status: trio.TaskStatus[_Link] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -746,7 +770,7 @@ class Client:
             async with transport_connect(
                 host, port, config, early_data=early_data, socket_factory=self._socket_factory
             ) as connection:
-                link = _Link(connection, self._max_frame_size)
+                link = _Link(connection, self._max_frame_size, (host, port))
                 # The transport yields before the QUIC handshake completes only when
                 # it may send 0-RTT data (early_data asked for, and the ticket allows it).
                 link.early = not connection.handshake_complete
@@ -792,23 +816,51 @@ class Client:
                 # consumed the ticket: keep it for the next attempt.
                 config.session_tickets.add(ticket)
 
-    async def _supervise(self, nursery: trio.Nursery, dial: Callable[..., Awaitable[None]]) -> None:
-        """Re-establish the connection whenever the current one becomes unusable."""
+    async def _first_link(self, nursery: trio.Nursery, dial: _Dial) -> None:
+        """Connect to the first address that answers, each tried once, in order.
+
+        When every one fails, the last failure is raised (with one address: its
+        failure, as always).
+        """
+        *others, last = self._addresses
+        for host, port in others:
+            try:
+                with unwrap_single_exception():
+                    await nursery.start(dial, host, port)
+            except (OSError, QuicframeError) as exc:
+                logger.warning("could not connect to %s:%d, trying the next: %s", host, port, exc)
+            else:
+                return
+        with unwrap_single_exception():
+            await nursery.start(dial, *last)
+
+    async def _supervise(self, nursery: trio.Nursery, dial: _Dial) -> None:
+        """Re-establish the connection whenever the current one becomes unusable.
+
+        Attempts go round the addresses, starting with the one after the address
+        just lost (with a single address, that same one again).
+        """
         policy = self._policy
         assert policy is not None
+        addresses = self._addresses
         while True:
-            await self._current.unusable.wait()
+            lost = self._current
+            await lost.unusable.wait()
             if self._closed:
                 return
             failures = 0
+            start = addresses.index(lost.address)
             while True:
+                host, port = addresses[(start + failures + 1) % len(addresses)]
                 try:
                     with unwrap_single_exception():
-                        await nursery.start(dial)
+                        await nursery.start(dial, host, port)
                 except (OSError, QuicframeError) as exc:
                     failures += 1
                     self._reconnect_failures += 1
-                    logger.warning("reconnect attempt %d failed: %s", failures, exc)
+                    logger.warning(
+                        "reconnect attempt %d (%s:%d) failed: %s", failures, host, port, exc
+                    )
                     if failures > policy.max_retries:
                         logger.error("giving up after %d failed reconnect attempts", failures)
                         self._gave_up = exc
@@ -817,14 +869,43 @@ class Client:
                     await trio.sleep(policy.backoff(failures))
                 else:
                     self._reconnects += 1
-                    logger.info("reconnected (%d failed attempts before)", failures)
+                    logger.info(
+                        "reconnected to %s:%d (%d failed attempts before)", host, port, failures
+                    )
                     break
+
+    async def _leave_after_goaway(self, link: _Link, scope: trio.CancelScope) -> None:
+        """Cancel ``scope`` once ``link`` has received GOAWAY and a new link is ready.
+
+        A subscription runs this beside its stream: the server that sent GOAWAY
+        keeps serving it meanwhile, and the subscription resumes on the new link
+        from its last sequence number.  Without a reconnect policy, after a lost
+        connection, or when no new link comes (the client gave up or is closing),
+        it returns and the stream ends as the old connection does.
+        """
+        if self._policy is None:
+            return
+        await link.unusable.wait()
+        if link.goaway is None:
+            return
+        while True:
+            if self._closed or self._gave_up is not None:
+                return
+            current = self._link
+            if current is not None and current is not link and not current.unusable.is_set():
+                scope.cancel()
+                return
+            await self._link_lot.park()
 
     async def _close_gracefully(self) -> None:
         self._closed = True
         link = self._link
         if link is not None:
             await link.connection.aclose()
+
+
+_Dial = Callable[..., Awaitable[None]]
+"""``Client._run_link`` with its settings bound: ``nursery.start(dial, host, port)``."""
 
 
 def _wrap(layer: Interceptor, call_next: ClientCallNext) -> ClientCallNext:
@@ -878,11 +959,19 @@ async def connect(
     The QUIC handshake is followed by the session handshake (HELLO, then WELCOME
     or REJECT) on the control stream.  Leaving the block closes the connection.
 
+    With ``config.addresses`` (several edge servers), ``host``/``port`` is tried
+    first and then each of those in order, once, until one accepts the session;
+    with a reconnect policy, a lost connection (or GOAWAY) is followed by
+    attempts that go round the addresses starting after the one lost, and
+    subscriptions resume on the new server from their last sequence number
+    (``client.address`` tells where the client is).
+
     Args:
         host: the server's name or address (also the TLS server name unless
             ``config.server_name`` is set).
         port: the server's UDP port.
-        config: QUIC and TLS settings (default ``ClientConfig()``).
+        config: QUIC and TLS settings, the reconnect policy and the other
+            addresses (default ``ClientConfig()``).
         credentials: sent in HELLO for the server's authenticator.
         client_name: sent in HELLO, for the server's logs.
         client_version: sent in HELLO.
@@ -896,7 +985,10 @@ async def connect(
             GOAWAY on) in the background; None (the default) takes
             ``config.reconnect``, and ``ReconnectPolicy(max_retries=0)`` turns
             reconnecting off whatever the config says.  The first connection is
-            not retried: its failure raises here.  New connections resume the
+            not retried (each address is tried once): its failure raises here.
+            Each attempt after a loss goes to the next address, each failed one
+            counts against ``max_retries`` and waits its backoff before the
+            next.  New connections resume the
             TLS session from ``config.session_tickets``; without a store the
             client keeps a private one for its own reconnects.
         idempotent: opcodes that may safely run twice: with ``reconnect``, a call
@@ -924,6 +1016,7 @@ async def connect(
         quicframe.errors.HandshakeTimeout: no QUIC handshake or no WELCOME within
             ``config.handshake_timeout``.
         quicframe.errors.HandshakeError: any other handshake failure.
+        With several addresses, the error is the one the last address raised.
 
     Cancellation:
         Cancelling during the handshake abandons it; leaving the block by an
@@ -948,15 +1041,16 @@ async def connect(
         heartbeat=heartbeat,
         reconnect=reconnect,
         idempotent=idempotent,
+        addresses=[(host, port), *config.addresses],
     )
     client._socket_factory = socket_factory
     if client._policy is not None and config.session_tickets is None:
         # Reconnects resume the TLS session (and may use 0-RTT) from a store of our own.
         config = dataclasses.replace(config, session_tickets=SessionTicketStore())
-    dial = functools.partial(client._run_link, host, port, config, hello, early_data)
+    dial = functools.partial(client._run_link, config, hello, early_data)
     with unwrap_single_exception():
         async with trio.open_nursery() as nursery:
-            await nursery.start(dial)
+            await client._first_link(nursery, dial)
             if client._policy is not None:
                 nursery.start_soon(client._supervise, nursery, dial)
             try:

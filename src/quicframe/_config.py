@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
@@ -152,6 +153,27 @@ class _CommonConfig:
         )
 
 
+def _check_addresses(addresses: Any) -> tuple[tuple[str, int], ...]:
+    """``ClientConfig.addresses`` as a tuple of ``(host, port)``, or a clear error."""
+    if isinstance(addresses, (str, bytes)) or not isinstance(addresses, Sequence):
+        raise TypeError(
+            f"addresses must be a sequence of (host, port) pairs, not {type(addresses).__name__}"
+        )
+    checked: list[tuple[str, int]] = []
+    for entry in addresses:
+        if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != 2:
+            raise TypeError(f"each address must be a (host, port) pair, not {entry!r}")
+        host, port = entry
+        if not isinstance(host, str) or not host:
+            raise ValueError(f"the host of address {entry!r} must be a non-empty string")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"the port of address {entry!r} must be an integer in 1..65535")
+        if (host, port) in checked:
+            raise ValueError(f"address {host}:{port} is given twice")
+        checked.append((host, port))
+    return tuple(checked)
+
+
 @dataclass(kw_only=True)
 class ClientConfig(_CommonConfig):
     """How a client connects.
@@ -202,6 +224,14 @@ class ClientConfig(_CommonConfig):
         reconnect: how ``quicframe.connect`` re-establishes a lost session in the
             background (None: it does not).  A ``reconnect=`` argument given to
             ``connect`` takes precedence.  The transport ignores this field.
+        addresses: more servers serving the same thing (edges), as ``(host,
+            port)`` pairs, for ``quicframe.connect`` to fail over to: it tries the
+            host and port it is given first, then these in order, and each
+            reconnect starts at the address after the one that was lost, in a
+            ring (see ``docs/scale-out.md``, "Client failover").  An entry equal
+            to the address given to ``connect`` is skipped there.  Every address
+            is verified against the same ``server_name`` (when set) and CA.  The
+            transport ignores this field.
     """
 
     server_name: str | None = None
@@ -211,11 +241,13 @@ class ClientConfig(_CommonConfig):
     handshake_timeout: float = 10.0
     session_tickets: SessionTicketStore | None = None
     reconnect: ReconnectPolicy | None = None
+    addresses: Sequence[tuple[str, int]] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.handshake_timeout <= 0:
             raise ValueError("handshake_timeout must be positive")
+        self.addresses = _check_addresses(self.addresses)
 
     def to_quic_configuration(
         self, *, server_name: str | None = None, secrets_log: TextIO | None = None

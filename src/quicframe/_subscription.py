@@ -410,12 +410,17 @@ class Subscription(Generic[T]):
                 except ConnectionClosed as exc:
                     outcome: tuple[_Outcome, BaseException | None] = (_Outcome.LOST, exc)
                 else:
+                    # What stands when the client moves us off a link that got GOAWAY.
+                    outcome = (_Outcome.LOST, None)
                     try:
                         async with trio.open_nursery() as nursery:
                             if core.datagram:
                                 nursery.start_soon(
                                     _demux(connection).serve, core.channel, self._on_datagram
                                 )
+                            nursery.start_soon(
+                                client._leave_after_goaway, link, nursery.cancel_scope
+                            )
                             outcome = await self._follow(stream, core)
                             nursery.cancel_scope.cancel()
                     finally:
