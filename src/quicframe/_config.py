@@ -57,6 +57,7 @@ DEFAULT_ALPN: Final = "quicframe/1"
 PathOrPem = str | os.PathLike[str] | bytes
 
 _MIB: Final = 1024 * 1024
+_MAX_STREAMS: Final = 1 << 60  # RFC 9000 section 4.6: the largest stream count
 
 
 def _default_alpn() -> list[str]:
@@ -82,8 +83,15 @@ class _CommonConfig:
     datagram_queue_size: int = 1024
     socket_receive_buffer: int = 4 * _MIB
     socket_send_buffer: int = 4 * _MIB
+    # Streams of each kind the peer may have open at once (our MAX_STREAMS).
+    max_bidi_streams: int = 128
+    max_uni_streams: int = 128
 
     def __post_init__(self) -> None:
+        for name in ("max_bidi_streams", "max_uni_streams"):
+            value = getattr(self, name)
+            if type(value) is not int or not 1 <= value <= _MAX_STREAMS:
+                raise ValueError(f"{name} must be an integer from 1 to 2**60")
         if not self.alpn_protocols:
             raise ValueError("alpn_protocols must name at least one protocol")
         if self.idle_timeout <= 0:
@@ -212,6 +220,10 @@ class ClientConfig(_CommonConfig):
             the oldest is dropped (and counted) when full.
         socket_receive_buffer: SO_RCVBUF asked for (best effort).
         socket_send_buffer: SO_SNDBUF asked for (best effort).
+        max_bidi_streams: bidirectional streams the peer may have open at once
+            (the MAX_STREAMS limit we announce; a peer that goes beyond it is
+            closed with STREAM_LIMIT_ERROR).  1 to 2**60.
+        max_uni_streams: the same for unidirectional streams.
         server_name: name to verify and to send as SNI.
         ca_file: PEM file of trusted certificate authorities.
         ca_data: PEM bytes of trusted certificate authorities.
@@ -298,6 +310,13 @@ class ServerConfig(_CommonConfig):
         max_connections: connections served at once; further INITIALs are dropped.
         max_connections_per_address: connections at once from one source IP.
         max_handshakes: handshakes in progress at once.
+        max_handshakes_per_address: handshakes in progress at once from one
+            source IP; further INITIALs from it are dropped until one completes
+            or times out.
+        max_early_data: stream bytes a client may send as 0-RTT data on one
+            connection; the bytes beyond it are not delivered, and the
+            connection is closed with ``ErrorCode.LIMIT_EXCEEDED`` once its
+            handshake completes (0 refuses any early byte).
         retry: validate client addresses with a Retry round trip before creating
             any connection state (costs one round trip per handshake).
         session_tickets: a ``quicframe.transport.ServerTicketStore`` for the
@@ -311,6 +330,8 @@ class ServerConfig(_CommonConfig):
     max_connections: int = 10_000
     max_connections_per_address: int = 256
     max_handshakes: int = 1_000
+    max_handshakes_per_address: int = 100
+    max_early_data: int = 256 * 1024
     retry: bool = False
     session_tickets: ServerTicketStore | None = None
 
@@ -318,9 +339,16 @@ class ServerConfig(_CommonConfig):
         super().__post_init__()
         if self.certificate is None:
             raise ValueError("a server needs a certificate")
-        for name in ("max_connections", "max_connections_per_address", "max_handshakes"):
+        for name in (
+            "max_connections",
+            "max_connections_per_address",
+            "max_handshakes",
+            "max_handshakes_per_address",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.max_early_data < 0:
+            raise ValueError("max_early_data must be at least 0")
 
     def to_quic_configuration(self, *, secrets_log: TextIO | None = None) -> QuicConfiguration:
         """Build the aioquic configuration shared by the listener's connections.

@@ -44,6 +44,7 @@ from .session import (
     GoAway,
     Hello,
     HelloReceived,
+    OneFrameReader,
     Reject,
     Welcome,
     choose_version,
@@ -54,7 +55,7 @@ from .session import (
     sla_urgency,
 )
 from .transport import Connection, Listener, SocketFactory, Stream, serve as transport_serve
-from .wire import DEFAULT_MAX_FRAME_SIZE, FrameType, check_max_frame_size
+from .wire import DEFAULT_MAX_FRAME_SIZE, Frame, FrameType, check_max_frame_size, decode_frame
 
 if TYPE_CHECKING:
     from .h3 import Gateway
@@ -84,6 +85,7 @@ class _Options:
     handshake_timeout: float
     shutdown_grace_period: float
     server_name: str
+    request_read_timeout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +312,9 @@ class _Session:
         self._nursery: trio.Nursery | None = None
         self._principal: str | None = None
         self._peer_max_frame_size = DEFAULT_MAX_FRAME_SIZE
-        self._in_flight = 0
+        self._in_flight = 0  # calls whose handler runs (run_call counts them)
+        # Call streams from their first byte until answered (max_concurrent_calls).
+        self._calls_open = 0
 
     async def run(self) -> None:
         connection = self.connection
@@ -487,30 +491,108 @@ class _Session:
                     await stream.aclose()
 
     async def _serve_call(self, stream: Stream) -> None:
+        # A call counts against max_concurrent_calls from its stream's first byte
+        # (the stream exists once its first frame arrived) until it is answered,
+        # so call streams being read are bounded as well as running handlers.
+        options = self._options
+        self._calls_open += 1
+        counted = True
         try:
-            # Market data: a stream starting with SUBSCRIBE is a subscription, served
-            # to its end by quicframe._topic (a router without that topic answers
-            # UNKNOWN_TOPIC); any other stream is a call.
-            from ._topic import read_call_or_subscription
-
-            call = await read_call_or_subscription(
-                self._router, self.connection, stream, self._options.max_frame_size
-            )
-            if call is None:
+            try:
+                if stream._receive_eof:
+                    # The FIN is in, so the whole request is buffered and reading
+                    # it cannot wait: no timeout (a cancel scope costs ~5 us).
+                    first, frame = await self._read_call(stream)
+                    timed_out = False
+                else:
+                    first = frame = None
+                    timed_out = True
+                    with trio.move_on_after(options.request_read_timeout):
+                        first, frame = await self._read_call(stream)
+                        timed_out = False
+            except RemoteProtocolError as exc:
+                logger.warning(
+                    "protocol error on call stream %d from %s: %s",
+                    stream.stream_id,
+                    self.connection.remote_address,
+                    exc,
+                )
+                stream.reset(exc.code)
+                stream.stop_sending(exc.code)
                 return
-            frame = call
-            if frame.type != FrameType.REQUEST:
-                request_frame_untrusted(frame)  # raises UNEXPECTED_FRAME
-        except RemoteProtocolError as exc:
-            logger.warning(
-                "protocol error on call stream %d from %s: %s",
-                stream.stream_id,
-                self.connection.remote_address,
-                exc,
-            )
-            stream.reset(exc.code)
-            stream.stop_sending(exc.code)
-            return
+            if frame is not None:
+                await self._serve_request(stream, frame)
+            elif first is not None:
+                self._calls_open -= 1  # a subscription: not a call
+                counted = False
+                from ._topic import serve_subscription
+
+                await serve_subscription(
+                    self._router,
+                    self.connection,
+                    stream,
+                    first,
+                    max_frame_size=options.max_frame_size,
+                )
+            elif not timed_out:  # beyond max_concurrent_calls: nothing was read
+                self._refuse(
+                    stream,
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    "too many concurrent calls on this connection",
+                )
+            else:
+                # Opened and never (or too slowly) sent: the stream is let go.
+                self._refuse(
+                    stream,
+                    ErrorCode.LIMIT_EXCEEDED,
+                    f"no complete request within {options.request_read_timeout} s",
+                )
+        finally:
+            if counted:
+                self._calls_open -= 1
+
+    async def _read_call(self, stream: Stream) -> tuple[bytes | None, Frame | None]:
+        """Read what the stream starts with.
+
+        Returns (its first bytes, None) for a subscription, (None, the REQUEST)
+        for a call within ``max_concurrent_calls``, and (None, None) for a call
+        beyond it, of which nothing more is read.
+
+        Raises:
+            RemoteProtocolError: the call stream does not hold exactly one valid
+                REQUEST frame.
+            And whatever ``receive_some`` raises.
+        """
+        # Market data: a stream starting with SUBSCRIBE is a subscription, served
+        # to its end by quicframe._topic (a router without that topic answers
+        # UNKNOWN_TOPIC); any other stream is a call.
+        from ._topic import SUBSCRIBE_TYPE
+
+        data = await stream.receive_some()
+        if data[:1] == SUBSCRIBE_TYPE:
+            return data, None
+        options = self._options
+        if self._calls_open > options.max_concurrent_calls:
+            return None, None
+        frame = await _read_request(stream, data, options.max_frame_size)
+        if frame.type != FrameType.REQUEST:
+            request_frame_untrusted(frame)  # raises UNEXPECTED_FRAME
+        return None, frame
+
+    def _refuse(self, stream: Stream, code: int, why: str) -> None:
+        """Reset a call stream whose request was not read, with ``code``."""
+        logger.info(
+            "call stream %d from %s refused (%s): %s",
+            stream.stream_id,
+            self.connection.remote_address,
+            code_name(code),
+            why,
+        )
+        self.server._count(code)
+        stream.reset(code)
+        stream.stop_sending(code)
+
+    async def _serve_request(self, stream: Stream, frame: Frame) -> None:
         received_at = trio.current_time()
         server = self.server
         metadata = frame.metadata
@@ -568,15 +650,6 @@ class _Session:
                 ErrorCode.UNAVAILABLE,
                 "not idempotent: refused as 0-RTT early data",
                 {"early_data": True},
-            )
-            return
-        if self._in_flight >= self._options.max_concurrent_calls:
-            await self._fail(
-                stream,
-                opcode,
-                request_id,
-                ErrorCode.RESOURCE_EXHAUSTED,
-                "too many concurrent calls on this connection",
             )
             return
         try:
@@ -670,6 +743,24 @@ class _Session:
         )
 
 
+async def _read_request(stream: Stream, data: bytes, max_frame_size: int) -> Frame:
+    """The call stream's one frame, read to the FIN; ``data`` is its first chunk.
+
+    Raises:
+        RemoteProtocolError: the stream does not hold exactly one valid frame.
+        And whatever ``receive_some`` raises.
+    """
+    if data and stream.receive_finished:
+        return decode_frame(data, max_frame_size=max_frame_size)
+    reader = OneFrameReader(max_frame_size=max_frame_size)
+    while data:
+        reader.feed(data)
+        if stream.receive_finished:
+            break
+        data = await stream.receive_some()
+    return reader.feed_eof()
+
+
 def _options(
     *,
     authenticator: Authenticator | None,
@@ -681,6 +772,7 @@ def _options(
     handshake_timeout: float,
     shutdown_grace_period: float,
     server_name: str,
+    request_read_timeout: float = 10.0,
 ) -> _Options:
     versions = tuple(versions)
     if not versions:
@@ -689,6 +781,8 @@ def _options(
         raise ValueError("max_concurrent_calls must be at least 1")
     if handshake_timeout <= 0 or shutdown_grace_period < 0 or heartbeat_interval < 0:
         raise ValueError("timeouts must be positive")
+    if not request_read_timeout > 0:
+        raise ValueError("request_read_timeout must be positive")
     return _Options(
         authenticator=authenticator,
         versions=versions,
@@ -699,6 +793,7 @@ def _options(
         handshake_timeout=handshake_timeout,
         shutdown_grace_period=shutdown_grace_period,
         server_name=server_name,
+        request_read_timeout=request_read_timeout,
     )
 
 
@@ -717,6 +812,7 @@ async def serve(
     handshake_timeout: float = 10.0,
     shutdown_grace_period: float = 5.0,
     server_name: str = "quicframe",
+    request_read_timeout: float = 10.0,
     http3: bool = False,
     socket_factory: SocketFactory | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
@@ -732,13 +828,18 @@ async def serve(
             :class:`quicframe.errors.Unauthorized` to refuse the client.
         versions: session protocol versions offered.
         allow_insecure: accept clients that skip certificate verification.
-        max_concurrent_calls: calls run at once per connection; more are answered
-            RESOURCE_EXHAUSTED.
+        max_concurrent_calls: calls per connection at once, each counted from
+            its stream's first byte until it is answered (so requests still
+            being read count too); a call stream beyond it is reset with
+            RESOURCE_EXHAUSTED before its request is read.
         heartbeat_interval: the PING period asked of clients, seconds (0: none).
         max_frame_size: the largest frame accepted.
         handshake_timeout: how long a connection may take to send HELLO.
         shutdown_grace_period: how long :meth:`Server.aclose` lets calls finish.
         server_name: sent in WELCOME, for the client's logs.
+        request_read_timeout: seconds a call stream may take from its first
+            byte to the end of its request; a slower one (or one that never
+            sends) is reset with LIMIT_EXCEEDED and never runs.
         http3: also offer ALPN ``h3`` and serve the connections that choose it
             with the HTTP/3 gateway (``quicframe.h3``, see ``docs/http3.md``).
         socket_factory: opens the UDP socket (default: a real one); tests pass
@@ -763,6 +864,7 @@ async def serve(
         handshake_timeout=handshake_timeout,
         shutdown_grace_period=shutdown_grace_period,
         server_name=server_name,
+        request_read_timeout=request_read_timeout,
     )
     server = Server(router, options)
     handler: Callable[[Connection], Awaitable[None]] = server._handle_connection

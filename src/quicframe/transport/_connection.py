@@ -153,6 +153,7 @@ class Connection:
         stream_receive_window: int,
         keepalive_interval: float | None,
         datagram_queue_size: int,
+        max_early_data: int | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._core = core
@@ -221,6 +222,9 @@ class Connection:
         # Server side: stream bytes that arrived before HandshakeCompleted (0-RTT).
         self._counting_early_data = not is_client
         self._early_data_received = 0
+        # Server side: more 0-RTT stream bytes than this close the connection.
+        self._max_early_data = max_early_data if max_early_data is not None else math.inf
+        self._early_data_refused = False
         # Set on a server when the first stream data arrives as 0-RTT: the
         # connection is handed to the handler then, without waiting for the
         # client's Finished (the reply leaves as 0.5-RTT data).
@@ -868,6 +872,14 @@ class Connection:
             if kind == EVENT_STREAM_DATA:
                 if self._counting_early_data:
                     self._early_data_received += len(event.data)
+                    if (
+                        self._early_data_received > self._max_early_data
+                        and self._early_data_accepted  # else 1-RTT data overtaking
+                    ):
+                        # Dropped; the connection closes once the handshake is
+                        # complete (before it, QUIC would hide the error code).
+                        self._early_data_refused = True
+                        continue
                     if not self._early_data_arrived.is_set():
                         self._early_data_arrived.set()
                 stream = self._streams.get(event.stream_id)
@@ -909,6 +921,8 @@ class Connection:
                 self._session_resumed = event.session_resumed
                 self._early_data_accepted = event.early_data_accepted
                 self._counting_early_data = False
+                if self._early_data_refused:
+                    self._refuse_early_data()
                 self._handshake_done.set()
                 self._endpoint._handshake_finished(self)
             elif kind == EVENT_PROTOCOL_NEGOTIATED:
@@ -923,6 +937,21 @@ class Connection:
                 self._endpoint._remove_cid(self, event.connection_id)
             elif kind == EVENT_TERMINATED:
                 self._on_terminated(event)
+
+    def _refuse_early_data(self) -> None:
+        """Close: the client sent more 0-RTT data than the server accepts."""
+        if self._closed_info is None and not self._close_requested:
+            reason = f"more than {self._max_early_data} bytes of 0-RTT data"
+            self._close_requested = True
+            self._set_closed(
+                ConnectionClosed,
+                message="the connection was closed locally: " + reason,
+                code=ErrorCode.LIMIT_EXCEEDED,
+                reason=reason,
+                by_peer=False,
+                is_transport=False,
+            )
+            self._issue_close(ErrorCode.LIMIT_EXCEEDED, reason)
 
     def _new_peer_stream(self, stream_id: int) -> Stream | None:
         """Wrap a stream the peer opened (and every lower one of its kind), in order."""

@@ -187,6 +187,10 @@ class Core(Protocol):
 class CoreFactory(Protocol):
     """Builds one core's configurations and connections (the core class itself).
 
+    ``stream_limits`` is (bidirectional, unidirectional): how many streams of
+    each kind the peer may have open at once (the MAX_STREAMS we announce);
+    None keeps the core's own default.
+
     Configurations are the core's own objects: the endpoint passes them back
     without looking inside, except for ``server_name``.  Session tickets cross
     the seam as aioquic ``SessionTicket`` objects (the stores' and the ticket
@@ -203,6 +207,7 @@ class CoreFactory(Protocol):
         configuration: Any,
         *,
         ticket_handler: Callable[[SessionTicket], None] | None = None,
+        stream_limits: tuple[int, int] | None = None,
     ) -> Core: ...
     def server(
         self,
@@ -212,6 +217,7 @@ class CoreFactory(Protocol):
         *,
         ticket_fetcher: Callable[[bytes], SessionTicket | None] | None = None,
         ticket_handler: Callable[[SessionTicket], None] | None = None,
+        stream_limits: tuple[int, int] | None = None,
     ) -> Core: ...
     def host_cid_length(self, configuration: Any) -> int: ...
 
@@ -404,6 +410,23 @@ class CoreStatistics:
     packets_lost: int
 
 
+def _limit_peer_streams(connection: QuicConnection, limits: tuple[int, int] | None) -> None:
+    """Set the streams the peer may open at once (aioquic hard-codes 128 of each).
+
+    Done before the connection serializes its transport parameters (at
+    ``connect`` or on the first datagram); aioquic then raises the limit by one
+    per stream it discards, as it does for its own default.
+    """
+    if limits is None:
+        return
+    for limit, value in zip(
+        (connection._local_max_streams_bidi, connection._local_max_streams_uni),
+        limits,
+        strict=True,
+    ):
+        limit.value = limit.sent = value
+
+
 class AioquicCore:
     """aioquic's ``QuicConnection`` behind the seam, plus the driver's extras.
 
@@ -492,10 +515,13 @@ class AioquicCore:
         configuration: QuicConfiguration,
         *,
         ticket_handler: Callable[[SessionTicket], None] | None = None,
+        stream_limits: tuple[int, int] | None = None,
     ) -> AioquicCore:
-        return cls(
-            QuicConnection(configuration=configuration, session_ticket_handler=ticket_handler)
+        connection = QuicConnection(
+            configuration=configuration, session_ticket_handler=ticket_handler
         )
+        _limit_peer_streams(connection, stream_limits)
+        return cls(connection)
 
     @classmethod
     def server(
@@ -506,16 +532,17 @@ class AioquicCore:
         *,
         ticket_fetcher: Callable[[bytes], SessionTicket | None] | None = None,
         ticket_handler: Callable[[SessionTicket], None] | None = None,
+        stream_limits: tuple[int, int] | None = None,
     ) -> AioquicCore:
-        return cls(
-            QuicConnection(
-                configuration=configuration,
-                original_destination_connection_id=original_destination_cid,
-                retry_source_connection_id=retry_source_cid,
-                session_ticket_fetcher=ticket_fetcher,
-                session_ticket_handler=ticket_handler,
-            )
+        connection = QuicConnection(
+            configuration=configuration,
+            original_destination_connection_id=original_destination_cid,
+            retry_source_connection_id=retry_source_cid,
+            session_ticket_fetcher=ticket_fetcher,
+            session_ticket_handler=ticket_handler,
         )
+        _limit_peer_streams(connection, stream_limits)
+        return cls(connection)
 
     @classmethod
     def host_cid_length(cls, configuration: QuicConfiguration) -> int:

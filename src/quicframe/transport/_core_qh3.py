@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from aioquic import tls as aioquic_tls
 from qh3 import tls as qh3_tls
+from qh3._hazmat import Buffer as Qh3Buffer, QuicConnectionCore
 from qh3.quic import events as qh3_events
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection, QuicConnectionError
@@ -226,6 +227,27 @@ def _server_configuration(config: ServerConfig, secrets_log: TextIO | None) -> Q
     return configuration
 
 
+def _with_stream_limits(parameters: bytes, limits: tuple[int, int]) -> bytes:
+    """Transport parameters with initial_max_streams_bidi/uni (0x08, 0x09) replaced.
+
+    Every other parameter is kept byte for byte, unknown ones (GREASE) included.
+    """
+    replace = {0x08: limits[0], 0x09: limits[1]}
+    source = Qh3Buffer(data=parameters)
+    out = Qh3Buffer(capacity=len(parameters) + 32)
+    while not source.eof():
+        parameter_id = source.pull_uint_var()
+        value = source.pull_bytes(source.pull_uint_var())
+        if parameter_id in replace:
+            number = Qh3Buffer(capacity=8)
+            number.push_uint_var(replace[parameter_id])
+            value = number.data
+        out.push_uint_var(parameter_id)
+        out.push_uint_var(len(value))
+        out.push_bytes(value)
+    return out.data
+
+
 # --------------------------------------------------------------------------------------
 # The connection: qh3's, with streams over the peer's limit waiting instead of failing.
 # --------------------------------------------------------------------------------------
@@ -266,6 +288,76 @@ class _Qh3Connection(QuicConnection):
         self._qf_held_fins: list[int] = []
         self._qf_datagrams_sent = 0
         self._qf_sent_to: NetworkAddress | None = None  # where the last datagram went
+        # (bidirectional, unidirectional) streams the peer may open at once, set
+        # by Qh3Core before the native core exists; None keeps qh3's 100 and 103.
+        self._qf_stream_limits: tuple[int, int] | None = None
+
+    # -- the peer's stream limits (qh3 hard-codes them) ---------------------------
+
+    def _create_core(self, remote_addr: NetworkAddress, initial_dcid: bytes, now: float) -> None:
+        limits = self._qf_stream_limits
+        if limits is None:
+            super()._create_core(remote_addr, initial_dcid, now)
+            return
+        # qh3 2.1's own _create_core with the two stream limits replaced: the
+        # native core enforces them and raises them as streams finish.
+        configuration = self._configuration
+        remembered = self._remembered_transport_parameters()
+        version = self._version
+        assert version is not None  # set before the core is created
+        self._core = QuicConnectionCore(
+            self._is_client,
+            version,
+            ("0.0.0.0", 0),
+            remote_addr,
+            self.host_cid,
+            initial_dcid,
+            self._is_client or self._retry_source_connection_id is not None,
+            configuration.active_connection_id_limit or (2 if self._is_client else 8),
+            configuration.max_datagram_size,
+            configuration.probe_datagram_size,
+            configuration.idle_timeout,
+            3,
+            (
+                configuration.max_datagram_frame_size
+                if configuration.max_datagram_frame_size is not None
+                else (65536 if self._is_client else None)
+            ),
+            remembered.max_datagram_frame_size if remembered is not None else None,
+            configuration.max_data,
+            (remembered.initial_max_data or 0) if remembered is not None else 0,
+            configuration.max_stream_data,
+            (remembered.initial_max_stream_data_bidi_local or 0) if remembered else 0,
+            (remembered.initial_max_stream_data_bidi_remote or 0) if remembered else 0,
+            (remembered.initial_max_stream_data_uni or 0) if remembered else 0,
+            configuration.max_stream_data,
+            limits[0],
+            limits[1],
+            (remembered.initial_max_streams_bidi or 0) if remembered else 0,
+            (remembered.initial_max_streams_uni or 0) if remembered else 0,
+            configuration.initial_rtt,
+            0.025,
+            now,
+        )
+        self._applied_transport_parameters = None
+        self._pre_handshake_state_replayed = False
+
+    def _create_tls(self, remote_source_cid: bytes | None) -> Any:
+        bridge = super()._create_tls(remote_source_cid)
+        limits = self._qf_stream_limits
+        if limits is not None:
+            # Announce the limits the native core enforces (the bridge serializes
+            # qh3's constants, here and again if the version changes).
+            serialize = bridge.serialize_transport_parameters
+
+            def serialize_with_limits() -> bytes:
+                return _with_stream_limits(serialize(), limits)
+
+            bridge.serialize_transport_parameters = serialize_with_limits  # type: ignore[method-assign]
+            bridge.tls.handshake_extensions = [
+                (qh3_tls.ExtensionType.QUIC_TRANSPORT_PARAMETERS, serialize_with_limits())
+            ]
+        return bridge
 
     # -- streams past the peer's limit ------------------------------------------
 
@@ -501,6 +593,7 @@ class Qh3Core:
         configuration: QuicConfiguration,
         *,
         ticket_handler: Callable[[aioquic_tls.SessionTicket], None] | None = None,
+        stream_limits: tuple[int, int] | None = None,
     ) -> Qh3Core:
         handler = None
         if ticket_handler is not None:
@@ -509,7 +602,9 @@ class Qh3Core:
             def handler(ticket: qh3_tls.SessionTicket) -> None:
                 store(_to_aioquic_ticket(ticket))
 
-        return cls(_Qh3Connection(configuration=configuration, session_ticket_handler=handler))
+        connection = _Qh3Connection(configuration=configuration, session_ticket_handler=handler)
+        connection._qf_stream_limits = stream_limits
+        return cls(connection)
 
     @classmethod
     def server(
@@ -520,6 +615,7 @@ class Qh3Core:
         *,
         ticket_fetcher: Callable[[bytes], aioquic_tls.SessionTicket | None] | None = None,
         ticket_handler: Callable[[aioquic_tls.SessionTicket], None] | None = None,
+        stream_limits: tuple[int, int] | None = None,
     ) -> Qh3Core:
         fetcher = handler = None
         if ticket_fetcher is not None:
@@ -534,15 +630,15 @@ class Qh3Core:
             def handler(ticket: qh3_tls.SessionTicket) -> None:
                 store(_to_aioquic_ticket(ticket))
 
-        return cls(
-            _Qh3Connection(
-                configuration=configuration,
-                original_destination_connection_id=original_destination_cid,
-                retry_source_connection_id=retry_source_cid,
-                session_ticket_fetcher=fetcher,
-                session_ticket_handler=handler,
-            )
+        connection = _Qh3Connection(
+            configuration=configuration,
+            original_destination_connection_id=original_destination_cid,
+            retry_source_connection_id=retry_source_cid,
+            session_ticket_fetcher=fetcher,
+            session_ticket_handler=handler,
         )
+        connection._qf_stream_limits = stream_limits
+        return cls(connection)
 
     @classmethod
     def host_cid_length(cls, configuration: QuicConfiguration) -> int:

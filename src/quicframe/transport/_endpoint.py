@@ -244,7 +244,10 @@ class Endpoint:
             server_factory.host_cid_length(server_quic_config) if server_factory is not None else 8
         )
         self._per_address: dict[str, int] = {}
-        self._handshaking: set[Connection] = set()
+        # Server connections whose handshake is in progress -> their source host,
+        # and the count per host (ServerConfig.max_handshakes_per_address).
+        self._handshaking: dict[Connection, str] = {}
+        self._handshaking_per_address: dict[str, int] = {}
         self._unproven: list[Connection] = []  # created in this batch, no task yet
         self._retry = RetryGate() if server_config is not None and server_config.retry else None
         self.datagrams_dropped = 0
@@ -360,10 +363,12 @@ class Endpoint:
     def _admit(self, address: NetworkAddress) -> bool:
         config = self._server_config
         assert config is not None
+        host = address[0]
         return (
             len(self._connections) < config.max_connections
             and len(self._handshaking) < config.max_handshakes
-            and self._per_address.get(address[0], 0) < config.max_connections_per_address
+            and self._per_address.get(host, 0) < config.max_connections_per_address
+            and self._handshaking_per_address.get(host, 0) < config.max_handshakes_per_address
         )
 
     def _create_server_connection(
@@ -379,13 +384,16 @@ class Endpoint:
             retry_cid,
             ticket_fetcher=tickets.pop if tickets is not None else None,
             ticket_handler=tickets.add if tickets is not None else None,
+            stream_limits=(config.max_bidi_streams, config.max_uni_streams),
         )
         connection = self._new_connection(core, config, is_client=False, peer=address)
         # Route the client's first destination ID too: its later INITIALs use it.
         first_cid = retry_cid if retry_cid is not None else original_cid
         self._add_cid(connection, first_cid)
-        self._per_address[address[0]] = self._per_address.get(address[0], 0) + 1
-        self._handshaking.add(connection)
+        host = address[0]
+        self._per_address[host] = self._per_address.get(host, 0) + 1
+        self._handshaking[connection] = host
+        self._handshaking_per_address[host] = self._handshaking_per_address.get(host, 0) + 1
         self._unproven.append(connection)
         return connection
 
@@ -418,6 +426,7 @@ class Endpoint:
             stream_receive_window=config.stream_receive_window,
             keepalive_interval=config.keepalive_interval,
             datagram_queue_size=config.datagram_queue_size,
+            max_early_data=config.max_early_data if isinstance(config, ServerConfig) else None,
         )
         self._connections.add(connection)
         self._add_cid(connection, core.quic.host_cid)
@@ -454,7 +463,11 @@ class Endpoint:
         quic_config: Any,
     ) -> Connection:
         store = config.session_tickets
-        core = factory.client(quic_config, ticket_handler=store.add if store is not None else None)
+        core = factory.client(
+            quic_config,
+            ticket_handler=store.add if store is not None else None,
+            stream_limits=(config.max_bidi_streams, config.max_uni_streams),
+        )
         connection = self._new_connection(core, config, is_client=True, peer=address)
         core.quic.connect(address, now())
         connection._wake()
@@ -473,14 +486,20 @@ class Endpoint:
         connection._host_cids.discard(cid)
 
     def _handshake_finished(self, connection: Connection) -> None:
-        self._handshaking.discard(connection)
+        host = self._handshaking.pop(connection, None)
+        if host is not None:
+            left = self._handshaking_per_address[host] - 1
+            if left:
+                self._handshaking_per_address[host] = left
+            else:
+                del self._handshaking_per_address[host]
 
     def _connection_finished(self, connection: Connection) -> None:
         for cid in connection._host_cids:
             if self._routes.get(cid) is connection:
                 del self._routes[cid]
         connection._host_cids.clear()
-        self._handshaking.discard(connection)
+        self._handshake_finished(connection)
         if connection in self._connections:
             self._connections.discard(connection)
             if not connection.is_client:
