@@ -24,13 +24,17 @@ import dataclasses
 import hashlib
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, cast
 
+import pylsqpack
 import trio
+from aioquic._buffer import Buffer, BufferReadError  # the C buffer (aioquic.buffer's)
 from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import (
+    CONNECTION_SPECIFIC_HEADERS,
     ErrorCode as H3ErrorCode,
     FrameType,
     H3Connection,
@@ -133,8 +137,7 @@ class TopicRequest:
         if self.started:
             raise RuntimeError("the response has already started")
         self.started = True
-        h3, quic = self._session._h3, self._session._quic
-        assert h3 is not None
+        session, quic = self._session, self._session._quic
         assert quic is not None
         fields = [
             (b":status", b"200"),
@@ -142,7 +145,7 @@ class TopicRequest:
             (b"x-request-id", self.request_id.encode()),
             *((name.lower().encode(), value.encode()) for name, value in (headers or {}).items()),
         ]
-        h3.send_headers(self._stream.stream_id, fields)
+        session._send_headers(self._stream.stream_id, fields)
         data, _ = quic.take(self._stream.stream_id)
         await self._stream.send_all(data)
 
@@ -150,10 +153,9 @@ class TopicRequest:
         """Send one piece of the body, waiting while the client is behind."""
         if not self.started:
             raise RuntimeError("call start() first")
-        h3, quic = self._session._h3, self._session._quic
-        assert h3 is not None
+        quic = self._session._quic
         assert quic is not None
-        h3.send_data(self._stream.stream_id, data, end_stream=False)
+        self._session._send_data(self._stream.stream_id, data, end_stream=False)
         frame, _ = quic.take(self._stream.stream_id)
         await self._stream.send_all(frame)
 
@@ -199,6 +201,9 @@ class _Request:
     ended: bool = False
     too_large: bool = False
     wakeup: trio.Event | None = None
+    # Read without H3Connection (see _H3Session._read_whole): H3Connection
+    # never hears of this stream, so its response is written without it too.
+    direct: bool = False
 
 
 class Gateway:
@@ -319,7 +324,8 @@ class _GatewayH3Connection(H3Connection):
 
     def __init__(self, quic: QuicConnection) -> None:
         super().__init__(quic)
-        self._encoder = cast("Any", LiteralEncoder(self._encoder))
+        self.literal_encoder = LiteralEncoder(self._encoder)
+        self._encoder = cast("Any", self.literal_encoder)
 
     def _get_local_settings(self) -> dict[int, int]:
         settings = super()._get_local_settings()
@@ -340,6 +346,11 @@ class _H3Session:
         self._requests: dict[int, _Request] = {}
         self._quic: StreamQuic | None = None
         self._h3: H3Connection | None = None
+        self._encoder: LiteralEncoder | None = None
+        self._encoder_stream_id = -1
+        # Header blocks of whole requests that need no dynamic table (all of
+        # them from a client that honours our SETTINGS) are decoded here.
+        self._decoder = pylsqpack.Decoder(0, 0)
         self._control: Stream | None = None
         self._nursery: trio.Nursery | None = None
         self._goaway_sent = False
@@ -356,9 +367,13 @@ class _H3Session:
             uni = [await connection.open_stream(unidirectional=True) for _ in range(3)]
         except TERMINAL_ERRORS:
             return
-        self._control = uni[0]  # H3Connection makes the first one its control stream
+        # H3Connection makes them its control, QPACK encoder and QPACK decoder
+        # streams, in this order.
+        self._control = uni[0]
+        self._encoder_stream_id = uni[1].stream_id
         quic = self._quic = StreamQuic(connection, uni)
-        self._h3 = _GatewayH3Connection(cast("QuicConnection", quic))
+        h3 = self._h3 = _GatewayH3Connection(cast("QuicConnection", quic))
+        self._encoder = h3.literal_encoder
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(quic.run_writer)
@@ -474,6 +489,7 @@ class _H3Session:
         quic = self._quic
         assert quic is not None
         eof = False
+        first = True
         try:
             while not request.ended:
                 if request.too_large:
@@ -493,12 +509,97 @@ class _H3Session:
                 # A request usually arrives whole, FIN included: learn that now
                 # rather than in one more receive_some round.
                 eof = not data or stream.receive_finished
+                if first and eof and data and self._read_whole(stream_id, data, request):
+                    return True
+                first = False
                 self._feed(stream_id, data, eof)
         except StreamResetByPeer as exc:
             self._feed_reset(stream_id, exc.code)
             stream.reset(H3ErrorCode.H3_REQUEST_CANCELLED)
             return False
         return quic.is_attached(stream_id)
+
+    def _read_whole(self, stream_id: int, data: bytes, request: _Request) -> bool:
+        """Take a request that arrived whole in one read, without H3Connection.
+
+        The common case: one HEADERS frame whose header block needs no dynamic
+        table, DATA frames, FIN.  It is parsed, QPACK-decoded and checked here
+        (:func:`_plainly_valid`), which spares H3Connection's per-stream state
+        machine.  Anything else (a header block that refers to the dynamic
+        table, unknown or reserved frame types, trailers, a request the check
+        does not plainly accept) returns False without side effects, and the
+        bytes go to H3Connection, which serves or refuses them as always.
+        """
+        buf = Buffer(data=data)
+        try:
+            if buf.pull_uint_var() != FrameType.HEADERS:
+                return False
+            block = buf.pull_bytes(buf.pull_uint_var())
+            # The header block's prefix: a Required Insert Count of 0 (one zero
+            # byte) means it refers to no dynamic table entry, so it decodes
+            # without the QPACK encoder stream and needs no acknowledgement.
+            if not block or block[0] != 0:
+                return False
+            if buf.eof():
+                body = b""
+            else:
+                if buf.pull_uint_var() != FrameType.DATA:
+                    return False
+                body = buf.pull_bytes(buf.pull_uint_var())
+                while not buf.eof():
+                    if buf.pull_uint_var() != FrameType.DATA:
+                        return False
+                    body += buf.pull_bytes(buf.pull_uint_var())
+        except BufferReadError:
+            return False
+        try:
+            _, headers = self._decoder.feed_header(stream_id, block)
+        except (pylsqpack.DecompressionFailed, pylsqpack.StreamBlocked):
+            return False
+        if not _plainly_valid(headers, len(body)):
+            return False
+        request.headers = headers
+        request.direct = True
+        request.ended = True
+        if len(body) > self._options.max_frame_size:
+            request.too_large = True
+        else:
+            request.body += body
+        return True
+
+    def _is_direct(self, stream_id: int) -> bool:
+        request = self._requests.get(stream_id)
+        return request is not None and request.direct
+
+    def _send_headers(
+        self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool = False
+    ) -> None:
+        """``H3Connection.send_headers``, or its equivalent for a direct request."""
+        if not self._is_direct(stream_id):
+            assert self._h3 is not None
+            self._h3.send_headers(stream_id, headers, end_stream)
+            return
+        assert self._quic is not None
+        self._quic.send_stream_data(
+            stream_id, encode_frame(FrameType.HEADERS, self._encode(stream_id, headers)), end_stream
+        )
+
+    def _send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        """``H3Connection.send_data``, or its equivalent for a direct request."""
+        if not self._is_direct(stream_id):
+            assert self._h3 is not None
+            self._h3.send_data(stream_id, data, end_stream)
+            return
+        assert self._quic is not None
+        self._quic.send_stream_data(stream_id, encode_frame(FrameType.DATA, data), end_stream)
+
+    def _encode(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+        assert self._encoder is not None
+        assert self._quic is not None
+        instructions, block = self._encoder.encode(stream_id, headers)
+        if instructions:  # never, with a table of capacity 0; sent as H3Connection would
+            self._quic.send_stream_data(self._encoder_stream_id, instructions)
+        return block
 
     # -- answering --------------------------------------------------------------------
 
@@ -635,10 +736,9 @@ class _H3Session:
             raise _Reply(500, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}") from None
         if not topic_request.started:
             raise _Reply(500, ErrorCode.INTERNAL, "the subscription handler sent nothing")
-        h3, quic = self._h3, self._quic
-        assert h3 is not None
+        quic = self._quic
         assert quic is not None
-        h3.send_data(stream.stream_id, b"", end_stream=True)
+        self._send_data(stream.stream_id, b"", end_stream=True)
         data, _ = quic.take(stream.stream_id)
         try:
             await send_with_fin(stream, data)
@@ -650,7 +750,7 @@ class _H3Session:
     def _forget_stream(self, stream_id: int) -> None:
         """The client stopped reading a response (STOP_SENDING) or left: tell
         H3Connection the send side is over so it forgets the stream."""
-        if self._h3 is not None:
+        if self._h3 is not None and not self._is_direct(stream_id):
             self._h3.handle_event(StopSendingReceived(error_code=0, stream_id=stream_id))
 
     @staticmethod
@@ -712,6 +812,17 @@ class _H3Session:
             raise _Reply(503, ErrorCode.UNAVAILABLE, "the server is shutting down")
         if route is None:
             raise _Reply(404, ErrorCode.NOT_FOUND, f"unknown opcode {opcode_text}")
+        if stream.arrived_early and not route.idempotent:
+            # 0-RTT data can be replayed by whoever recorded it: as for native
+            # calls, only operations registered idempotent run from it.  425 Too
+            # Early (RFC 8470): not run, so the client may send it again once
+            # the handshake is done.
+            raise _Reply(
+                425,
+                ErrorCode.UNAVAILABLE,
+                "not idempotent: refused as 0-RTT early data",
+                details={"early_data": True},
+            )
         if self._in_flight >= self._options.max_concurrent_calls:
             raise _Reply(
                 429, ErrorCode.RESOURCE_EXHAUSTED, "too many concurrent calls on this connection"
@@ -738,7 +849,11 @@ class _H3Session:
             urgency = sla_urgency(headers.sla_class)
             if urgency != DEFAULT_CALL_URGENCY:
                 stream.urgency = urgency
-        principal = await self._authenticate(headers.authorization)
+        principal = (
+            None
+            if self._options.authenticator is None
+            else await self._authenticate(headers.authorization)
+        )
         try:
             value = route.request_codec.decode(mapping.decode_body(body, request_type))
         except (RemoteProtocolError, ValueError) as exc:
@@ -914,8 +1029,7 @@ class _H3Session:
         route_label: str,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
-        h3, quic = self._h3, self._quic
-        assert h3 is not None
+        quic = self._quic
         assert quic is not None
         stream_id = stream.stream_id
         headers = [
@@ -930,18 +1044,24 @@ class _H3Session:
         self.gateway.metrics.request_finished(route_label, status)
         if not quic.is_attached(stream_id):
             return
-        h3.send_headers(stream_id, headers, end_stream=not body)
-        if body:
-            h3.send_data(stream_id, body, end_stream=True)
-        data, _ = quic.take(stream_id)
-        if not data:
-            return
+        if self._is_direct(stream_id):
+            data = encode_frame(FrameType.HEADERS, self._encode(stream_id, headers))
+            if body:
+                data += encode_frame(FrameType.DATA, body)
+        else:
+            assert self._h3 is not None
+            self._h3.send_headers(stream_id, headers, end_stream=not body)
+            if body:
+                self._h3.send_data(stream_id, body, end_stream=True)
+            data, _ = quic.take(stream_id)
+            if not data:
+                return
         try:
             await send_with_fin(stream, data)
         except TERMINAL_ERRORS:
             # The client stopped reading (STOP_SENDING) or left: tell H3Connection
             # the send side is over so it forgets the stream.
-            h3.handle_event(StopSendingReceived(error_code=0, stream_id=stream_id))
+            self._forget_stream(stream_id)
             raise
 
 
@@ -966,6 +1086,48 @@ def enable_http3(
     if H3_ALPN not in config.alpn_protocols:
         config = dataclasses.replace(config, alpn_protocols=[*config.alpn_protocols, H3_ALPN])
     return config, gateway.handle_connection
+
+
+# What _plainly_valid accepts: a header name of visible ASCII without upper case,
+# a colon only first; a value without NUL, CR or LF that neither starts nor ends
+# with a space or a tab (RFC 9114 section 4.2, RFC 9113 section 8.2.1).
+_PLAIN_NAME: Final = re.compile(rb":?[\x21-\x39\x3b-\x40\x5b-\x7e]+")
+_PLAIN_VALUE: Final = re.compile(rb"(?:[^\x00\n\r\t ](?:[^\x00\n\r]*[^\x00\n\r\t ])?)?")
+_REQUEST_PSEUDO: Final = frozenset((b":method", b":scheme", b":authority", b":path"))
+
+
+def _plainly_valid(headers: list[tuple[bytes, bytes]], body_length: int) -> bool:
+    """True if the request is certainly well-formed, as aioquic's checks see it.
+
+    A stricter, faster twin of ``aioquic.h3.connection.validate_request_headers``
+    (which looks at every byte in Python) plus its content-length check: it
+    accepts a subset of what those accept, and everything else (``:protocol``,
+    ``te``, several content-lengths, anything malformed) goes to H3Connection,
+    which then decides as it always did.
+    """
+    pseudo: dict[bytes, bytes] = {}
+    regular = False
+    content_length = -1
+    for name, value in headers:
+        if _PLAIN_NAME.fullmatch(name) is None or _PLAIN_VALUE.fullmatch(value) is None:
+            return False
+        if name[0] == 0x3A:  # ":": a pseudo-header, before the others, once
+            if regular or name not in _REQUEST_PSEUDO or name in pseudo:
+                return False
+            pseudo[name] = value
+            continue
+        regular = True
+        if name == b"content-length":
+            if content_length >= 0 or not value.isdigit():
+                return False
+            content_length = int(value)
+        elif name == b"te" or name in CONNECTION_SPECIFIC_HEADERS:
+            return False
+    if b":method" not in pseudo or not pseudo.get(b":authority"):
+        return False
+    if pseudo.get(b":scheme") in (b"http", b"https") and not pseudo.get(b":path"):
+        return False
+    return content_length < 0 or content_length == body_length
 
 
 def _opcode_named(router: Router, name: str) -> int | None:

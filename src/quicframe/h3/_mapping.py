@@ -92,6 +92,7 @@ _TITLES: Final[dict[int, str]] = {
     410: "Gone",
     413: "Content Too Large",
     415: "Unsupported Media Type",
+    425: "Too Early",
     429: "Too Many Requests",
     499: "Client Closed Request",
     500: "Internal Server Error",
@@ -206,28 +207,35 @@ def parse_request_headers(headers: Iterable[tuple[bytes, bytes]]) -> RequestHead
     for name, value in headers:
         found.setdefault(name.lower(), value)
     try:
-        text = {name: value.decode("utf-8").strip() for name, value in found.items()}
+        # Every value must be UTF-8; one decode checks them all (an ASCII
+        # separator keeps a piece's bad ending from pairing with the next one).
+        b"\n".join(found.values()).decode("utf-8")
     except UnicodeDecodeError:
         raise BadHeader("header values must be UTF-8") from None
-    path, _, query = text.get(b":path", "").partition("?")
-    content_type = text.get(b"content-type")
+
+    def text(name: bytes) -> str | None:
+        value = found.get(name)
+        return None if value is None else value.decode("utf-8").strip()
+
+    path, _, query = (text(b":path") or "").partition("?")
+    content_type = text(b"content-type")
     if content_type is not None:
         content_type = content_type.split(";", 1)[0].strip().lower() or None
-    request_id = text.get(b"x-request-id")
+    request_id = text(b"x-request-id")
     if request_id is not None and not 1 <= len(request_id.encode()) <= _MAX_REQUEST_ID:
         raise BadHeader(f"x-request-id must be 1 to {_MAX_REQUEST_ID} bytes")
     return RequestHeaders(
-        method=text.get(b":method", ""),
+        method=text(b":method") or "",
         path=path,
         query=query,
         content_type=content_type,
-        accept=text.get(b"accept"),
+        accept=text(b"accept"),
         request_id=request_id,
-        sla_class=_parse_sla(text.get(b"x-sla-level")),
-        payload_sha256=_parse_digest(text.get(b"x-payload-sha256")),
-        deadline_ms=_parse_deadline(text.get(b"x-deadline-ms")),
-        authorization=text.get(b"authorization"),
-        traceparent=text.get(b"traceparent"),
+        sla_class=_parse_sla(text(b"x-sla-level")),
+        payload_sha256=_parse_digest(text(b"x-payload-sha256")),
+        deadline_ms=_parse_deadline(text(b"x-deadline-ms")),
+        authorization=text(b"authorization"),
+        traceparent=text(b"traceparent"),
     )
 
 
