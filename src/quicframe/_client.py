@@ -764,57 +764,48 @@ class Client:
         task_status: trio.TaskStatus[_Link] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Dial, handshake, then serve the control stream until the connection ends."""
-        ticket = _peek_ticket(config, host)
-        reached_server = False
-        try:
-            async with transport_connect(
-                host, port, config, early_data=early_data, socket_factory=self._socket_factory
-            ) as connection:
-                link = _Link(connection, self._max_frame_size, (host, port))
-                # The transport yields before the QUIC handshake completes only when
-                # it may send 0-RTT data (early_data asked for, and the ticket allows it).
-                link.early = not connection.handshake_complete
-                previous = self._link
-                if link.early and previous is not None:
-                    # Until WELCOME says otherwise, assume the limit the server had.
-                    link.peer_max_frame_size = previous.peer_max_frame_size
-                try:
-                    with trio.move_on_after(config.handshake_timeout) as scope:
-                        welcome = await self._handshake(link, hello)
-                    if scope.cancelled_caught:
-                        await connection.aclose(ErrorCode.HANDSHAKE_TIMEOUT, "no WELCOME in time")
-                        raise HandshakeTimeout(
-                            f"no WELCOME from {host}:{port} within {config.handshake_timeout} s"
-                        )
-                    link.early = False
-                    self._link = link
-                    if self._early_link is link:
-                        self._early_link = None
-                    self._link_lot.unpark_all()
-                    if connection.session_resumed:
-                        logger.debug(
-                            "resumed the TLS session with %s:%d (0-RTT %s)",
-                            host,
-                            port,
-                            "accepted" if connection.early_data_accepted else "not used",
-                        )
-                    task_status.started(link)
-                    async with trio.open_nursery() as nursery:
-                        interval = welcome.heartbeat_interval_ms / 1000
-                        if self._heartbeat and interval > 0:
-                            nursery.start_soon(self._heartbeat_loop, link, interval)
-                        await self._control_loop(link)
-                        nursery.cancel_scope.cancel()
-                finally:
-                    reached_server = reached_server or connection.handshake_complete
-                    if self._early_link is link:
-                        self._early_link = None
-                    link.retire()
-        finally:
-            if ticket is not None and not reached_server and config.session_tickets is not None:
-                # The attempt never heard from the server, so the server cannot have
-                # consumed the ticket: keep it for the next attempt.
-                config.session_tickets.add(ticket)
+        async with transport_connect(
+            host, port, config, early_data=early_data, socket_factory=self._socket_factory
+        ) as connection:
+            link = _Link(connection, self._max_frame_size, (host, port))
+            # The transport yields before the QUIC handshake completes only when
+            # it may send 0-RTT data (early_data asked for, and the ticket allows it).
+            link.early = not connection.handshake_complete
+            previous = self._link
+            if link.early and previous is not None:
+                # Until WELCOME says otherwise, assume the limit the server had.
+                link.peer_max_frame_size = previous.peer_max_frame_size
+            try:
+                with trio.move_on_after(config.handshake_timeout) as scope:
+                    welcome = await self._handshake(link, hello)
+                if scope.cancelled_caught:
+                    await connection.aclose(ErrorCode.HANDSHAKE_TIMEOUT, "no WELCOME in time")
+                    raise HandshakeTimeout(
+                        f"no WELCOME from {host}:{port} within {config.handshake_timeout} s"
+                    )
+                link.early = False
+                self._link = link
+                if self._early_link is link:
+                    self._early_link = None
+                self._link_lot.unpark_all()
+                if connection.session_resumed:
+                    logger.debug(
+                        "resumed the TLS session with %s:%d (0-RTT %s)",
+                        host,
+                        port,
+                        "accepted" if connection.early_data_accepted else "not used",
+                    )
+                task_status.started(link)
+                async with trio.open_nursery() as nursery:
+                    interval = welcome.heartbeat_interval_ms / 1000
+                    if self._heartbeat and interval > 0:
+                        nursery.start_soon(self._heartbeat_loop, link, interval)
+                    await self._control_loop(link)
+                    nursery.cancel_scope.cancel()
+            finally:
+                if self._early_link is link:
+                    self._early_link = None
+                link.retire()
 
     async def _first_link(self, nursery: trio.Nursery, dial: _Dial) -> None:
         """Connect to the first address that answers, each tried once, in order.
@@ -913,17 +904,6 @@ def _wrap(layer: Interceptor, call_next: ClientCallNext) -> ClientCallNext:
         return await layer(ctx, request, call_next)
 
     return step
-
-
-def _peek_ticket(config: ClientConfig, host: str) -> Any | None:
-    """The ticket the transport will resume from for this dial, left in the store."""
-    store = config.session_tickets
-    if store is None:
-        return None
-    ticket = store.pop(config.server_name or host)
-    if ticket is not None:
-        store.add(ticket)  # back in front: the transport takes this same ticket
-    return ticket
 
 
 def _reset_error(exc: BaseException, opcode: int) -> Exception:

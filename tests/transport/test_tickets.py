@@ -3,6 +3,7 @@ store's file: persisted atomically, reloaded, and a damaged file ignored."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -17,6 +18,7 @@ from aioquic import tls
 from aioquic.tls import SessionTicket
 
 from quicframe import ClientConfig, ServerConfig
+from quicframe.errors import HandshakeTimeout
 from quicframe.transport import ServerTicketStore, SessionTicketStore
 
 from .conftest import start_server
@@ -294,3 +296,30 @@ async def test_resumption_across_two_stores_sharing_a_file(
         (False, False, 0, b"full"),
         (True, True, len(b"resumed"), b"resumed"),
     ]
+
+
+async def test_a_dial_that_never_completes_its_handshake_keeps_the_ticket(
+    server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    """The transport takes a ticket out of the store for each dial; when no handshake
+    completes (here: nothing listens any more), the server cannot have consumed it,
+    so it goes back and the next dial resumes from it."""
+    store = client_config.session_tickets = SessionTicketStore()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            handle = await start_server(nursery, server_config, recording_handler([]))
+            port = handle.listener.port
+            await request(port, b"full", client_config, early_data=False)
+            handle.cancel_scope.cancel()
+        assert len(store) >= 1
+        ticket = store.pop("localhost")
+        store.add(ticket)
+        # A listener that is gone: the dial times out without hearing the server.
+        silent = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        with silent:
+            await silent.bind(("127.0.0.1", 0))
+            _, silent_port = silent.getsockname()
+            short = dataclasses.replace(client_config, handshake_timeout=0.2)
+            with pytest.raises(HandshakeTimeout):
+                await request(silent_port, b"lost", short, early_data=False)
+        assert store.pop("localhost") is ticket

@@ -186,9 +186,9 @@ class Listener:
         with unwrap_single_exception():
             family, address = await _resolve(host, port)
             address = _to_socket_family(endpoint.family, family, address)
-            factory, quic_config, early = _prepare_client(config, host, None, early_data)
+            factory, quic_config, early, ticket = _prepare_client(config, host, None, early_data)
             connection = endpoint.dial(address, config, factory, quic_config)
-            async with _established(connection, host, port, config, early) as established:
+            async with _established(connection, host, port, config, early, ticket) as established:
                 yield established
 
     def __repr__(self) -> str:
@@ -643,7 +643,7 @@ async def connect(
         unwrap_single_exception(),
     ):
         stack.callback(sock.close)
-        factory, quic_config, early = _prepare_client(config, host, secrets_log, early_data)
+        factory, quic_config, early, ticket = _prepare_client(config, host, secrets_log, early_data)
         async with trio.open_nursery() as nursery:
             endpoint = Endpoint(
                 sock,
@@ -657,7 +657,9 @@ async def connect(
             # migrate() may swap the socket: close whichever is current at the end.
             stack.callback(lambda: endpoint._sock.close())
             try:
-                async with _established(connection, host, port, config, early) as established:
+                async with _established(
+                    connection, host, port, config, early, ticket
+                ) as established:
                     yield established
             finally:
                 nursery.cancel_scope.cancel()
@@ -665,22 +667,48 @@ async def connect(
 
 def _prepare_client(
     config: ClientConfig, host: str, secrets_log: TextIO | None, early_data: bool
-) -> tuple[CoreFactory, Any, bool]:
+) -> tuple[CoreFactory, Any, bool, Any]:
+    """The core factory, the QUIC configuration, whether to yield for 0-RTT, and the
+    session ticket taken from the store (None: a full handshake)."""
     config.check_core()
     factory = core_factory(config.core)
     quic_config = factory.client_configuration(config, server_name=host, secrets_log=secrets_log)
     early = False
+    ticket = None
     if config.session_tickets is not None and quic_config.server_name is not None:
         ticket = config.session_tickets.pop(quic_config.server_name)
         early = factory.use_ticket(quic_config, ticket) and early_data
-    return factory, quic_config, early
+    return factory, quic_config, early, ticket
 
 
 @contextlib.asynccontextmanager
 async def _established(
+    connection: Connection,
+    host: str,
+    port: int,
+    config: ClientConfig,
+    early: bool,
+    ticket: Any,
+) -> AsyncIterator[Connection]:
+    """Wait for the handshake (or watch it, for 0-RTT), yield, then close.
+
+    A ``ticket`` taken from the store goes back into it when the handshake never
+    completed: the server cannot have consumed it, so the next attempt may resume
+    (and send 0-RTT data) from it.
+    """
+    try:
+        async with _handshake_then_close(connection, host, port, config, early) as established:
+            yield established
+    finally:
+        if ticket is not None and not connection.handshake_complete:
+            assert config.session_tickets is not None
+            config.session_tickets.add(ticket)
+
+
+@contextlib.asynccontextmanager
+async def _handshake_then_close(
     connection: Connection, host: str, port: int, config: ClientConfig, early: bool
 ) -> AsyncIterator[Connection]:
-    """Wait for the handshake (or watch it, for 0-RTT), yield, then close."""
     async with trio.open_nursery() as nursery:
 
         async def complete_handshake() -> None:
