@@ -8,6 +8,11 @@ Usage::
     python bench/transport_bench.py server --port P [--core qh3]  # prints "READY <port>"
     python bench/transport_bench.py client --port P --workload w1 [--quick] [--core qh3]
                                                               # prints "RESULT {json}"
+    python bench/transport_bench.py floor [--quick] [--rounds N]
+
+``floor`` measures what any trio driver pays before QUIC: a plain trio UDP
+64-byte echo between two processes (W1's counts and percentiles, no QUIC, no
+crypto), the trio twin of the anchors' ``udp_floor.py``.
 
 The workloads are those of ``../shared/anchors/README.md`` (payload
 ``bytes(range(64))``; every client run is a fresh process with a fresh
@@ -18,7 +23,10 @@ frames, ``T`` + u32 N ticks, ``B`` + u64 N bulk bytes.
 * W1: one call at a time, a new bidirectional stream per call (``E``); 300
   warm-up calls, then N timed calls (5,000; ``--quick`` 1,000).  Latency is from
   opening the stream to the reply's FIN; p50 = ``sorted[n // 2]``, p99 =
-  ``sorted[int(0.99 n)]``, calls/s = N / wall time.
+  ``sorted[int(0.99 n)]``, calls/s = N / wall time.  Both ends read an ``E``
+  stream until its FIN has arrived and been read (``Stream.receive_finished``,
+  as quicframe's session layer reads a call), not until a further
+  ``receive_some`` returns ``b""``.
 * W1l: as W1 on one long-lived stream opened with ``L``.
 * W2: 64 tasks each looping call after call (stream per call); 1,000-call
   warm-up, then N calls (20,000; 5,000); calls/s = N / wall.
@@ -305,7 +313,10 @@ async def serve_bench_stream(stream: Stream) -> None:
         op = bytes(buffer[:1])
         del buffer[:1]
         if op == b"E":
-            while data := await stream.receive_some():
+            # Stop at the FIN, as the session layer does: once the peer's FIN
+            # came and everything was read, a further receive_some() would only
+            # return b"" (and cost a scheduling round).
+            while not stream.receive_finished and (data := await stream.receive_some()):
                 buffer += data
             await send_with_fin(stream, bytes(buffer))
         elif op == b"L":
@@ -422,7 +433,7 @@ def stream_caller(connection: Connection) -> Call:
         stream = await connection.open_stream()
         await send_with_fin(stream, b"E" + payload)
         reply = b""
-        while data := await stream.receive_some():
+        while not stream.receive_finished and (data := await stream.receive_some()):
             reply += data
         return reply
 
@@ -595,6 +606,69 @@ async def client_main(port: int, workload: str, n: dict[str, int], core: str) ->
         result["packets_lost"] = statistics_.packets_lost
         result["socket_drops"] = sum(after.get(p, 0) - before.get(p, 0) for p in ports)
     emit({"anchor": "quicframe" if core == "aioquic" else f"quicframe-{core}", **result})
+
+
+# ------------------------------------------------------------------------------------
+# The trio UDP echo floor
+# ------------------------------------------------------------------------------------
+
+
+async def udp_echo_server(port: int) -> None:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind((HOST, port))
+    print(f"READY {port}", flush=True)
+    while True:
+        data, address = await sock.recvfrom(2048)
+        await sock.sendto(data, address)
+
+
+async def udp_echo_client(port: int, n: dict[str, int]) -> None:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind((HOST, 0))
+    await sock.connect((HOST, port))
+    for _ in range(n["w1_warmup"]):
+        await sock.send(PAYLOAD)
+        await sock.recv(2048)
+    samples: list[int] = []
+    t0 = perf()
+    for _ in range(n["w1_calls"]):
+        start = perf()
+        await sock.send(PAYLOAD)
+        await sock.recv(2048)
+        samples.append(perf() - start)
+    emit({"anchor": "trio-udp-echo", **latency_stats(samples, (perf() - t0) / 1e9)})
+
+
+def floor(args: argparse.Namespace) -> int:
+    """Rounds of the trio UDP echo floor, each a fresh server and client process."""
+    python = args.python or sys.executable
+    me = str(Path(__file__).resolve())
+    children = Children()
+    extra = ["--quick"] if args.quick else []
+    side = Side("trio-udp", [python, "-B", me, "udp-server"], [python, "-B", me, "udp-client"])
+    p50s: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="qf-floor-") as workdir:
+        try:
+            for round_number in range(1, (args.rounds or 3) + 1):
+                server, port = start_server(children, side, Path(workdir) / "server.log")
+                try:
+                    record = run_client(children, side, server, port, "w1", extra, 60.0)
+                finally:
+                    children.stop(server)
+                if "error" in record:
+                    print(f"[r{round_number}] ERROR {record['error'][-300:]}", file=sys.stderr)
+                    return 1
+                result = record["result"]
+                p50s.append(result["p50_us"])
+                print(
+                    f"[r{round_number}] trio UDP echo p50_us={fmt(result['p50_us'])} "
+                    f"p99_us={fmt(result['p99_us'])}",
+                    flush=True,
+                )
+        finally:
+            children.stop_all()
+    print(f"trio UDP echo floor: p50 median {fmt(median(p50s))} us over {len(p50s)} rounds")
+    return 0
 
 
 # ------------------------------------------------------------------------------------
@@ -979,7 +1053,12 @@ def driver(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
-    parser.add_argument("role", nargs="?", default="driver", choices=["driver", "server", "client"])
+    parser.add_argument(
+        "role",
+        nargs="?",
+        default="driver",
+        choices=["driver", "server", "client", "floor", "udp-server", "udp-client"],
+    )
     parser.add_argument("--port", type=int, default=0, help="server/client: UDP port")
     parser.add_argument("--workload", default="w1", choices=WORKLOADS, help="client: workload")
     parser.add_argument("--quick", action="store_true", help="reduced counts")
@@ -1010,6 +1089,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         die_with_parent()
         trio.run(client_main, args.port, args.workload, counts(args.quick), args.core)
         return 0
+    if args.role == "udp-server":
+        die_with_parent()
+        trio.run(udp_echo_server, args.port or free_port())
+        return 0
+    if args.role == "udp-client":
+        die_with_parent()
+        trio.run(udp_echo_client, args.port, counts(args.quick))
+        return 0
+    if args.role == "floor":
+        return floor(args)
     return driver(args)
 
 

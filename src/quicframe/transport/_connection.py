@@ -16,9 +16,10 @@ reader (or a handler is spawned for a new stream), the driver waits a few
 scheduling rounds for the reply and flushes the moment it is written, instead of
 flushing an empty pass first and the reply in a second one.  A write that queued
 its FIN is flushed without the extra round given to writers that may add more.
-And a pending acknowledgement is moved forward to ride with the stream data of
-the next flush (aioquic otherwise sends it as a separate ACK-only packet once its
-1 ms ACK delay has passed).
+And a pending acknowledgement that has waited half of aioquic's 1 ms ACK delay
+is moved forward to ride with the stream data of the next flush (aioquic
+otherwise sends it as a separate ACK-only packet once the delay has passed); a
+younger one waits, so most replies carry no ACK frame for the peer to process.
 """
 
 from __future__ import annotations
@@ -859,8 +860,9 @@ class Connection:
                     with contextlib.suppress(RuntimeError, ValueError):
                         quic.send_stream_data(stream_id, bytes(pending), fin)
                     pending.clear()
-            # Data leaves in this flush: the pending ACK rides along with it.
-            self._core.acknowledge_with_next_packet(t)
+            # Data leaves in this flush: a pending ACK old enough (or any, with
+            # several streams' data) rides along.
+            self._core.acknowledge_with_next_packet(t, len(dirty))
 
     def _handle_events(self) -> None:
         quic = self._quic

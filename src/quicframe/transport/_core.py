@@ -172,7 +172,7 @@ class Core(Protocol):
         self, now: float, urgency: dict[int, int], default: int
     ) -> list[tuple[bytes, NetworkAddress]] | None: ...
     def pacing_due(self, now: float) -> bool: ...
-    def acknowledge_with_next_packet(self, now: float) -> None: ...
+    def acknowledge_with_next_packet(self, now: float, streams: int = 1) -> None: ...
     def peer_address(self) -> NetworkAddress | None: ...
     def peer_max_datagram_frame_size(self) -> int | None: ...
     def max_datagram_size(self) -> int: ...
@@ -434,7 +434,13 @@ class AioquicCore:
     attribute lookup fewer on the hot path); the methods below are the extras.
     """
 
-    __slots__ = ("_application_space", "_packets_lost", "_quic_connection", "quic")
+    __slots__ = (
+        "_ack_ride_window",
+        "_application_space",
+        "_packets_lost",
+        "_quic_connection",
+        "quic",
+    )
 
     event_kinds: Mapping[type, int] = event_kinds_of(core_events)
 
@@ -443,6 +449,8 @@ class AioquicCore:
         self.quic: SansIOQuic = connection
         self._packets_lost = 0
         self._application_space: QuicPacketSpace | None = None
+        # A pending ACK rides with data once it has waited half of the ACK delay.
+        self._ack_ride_window: float = connection._ack_delay / 2
         # Count real losses (congestion events) for statistics by wrapping the
         # recovery object's loss hook on this instance only.
         recovery = connection._loss
@@ -702,7 +710,7 @@ class AioquicCore:
 
     # -- acknowledgements ---------------------------------------------------------
 
-    def acknowledge_with_next_packet(self, now: float) -> None:
+    def acknowledge_with_next_packet(self, now: float, streams: int = 1) -> None:
         """Let a pending 1-RTT acknowledgement ride in the packets about to be built.
 
         aioquic delays every acknowledgement by its 1 ms ACK delay and only writes
@@ -710,8 +718,15 @@ class AioquicCore:
         request never carries the request's ACK: a separate ACK-only packet
         follows a millisecond later, costing both ends a packet and a timer
         wake-up per exchange.  The driver calls this when it is about to send
-        application data anyway; the ACK then travels with that data (RFC 9000
-        section 13.2.1 lets a receiver acknowledge earlier than its delay).
+        application data anyway; an ACK that has waited at least half its delay
+        then travels with that data (RFC 9000 section 13.2.1 lets a receiver
+        acknowledge earlier than its delay).  A younger one keeps waiting: an
+        ACK frame in every reply would make the peer process an acknowledgement
+        on every request's critical path (10-20 us of aioquic's work per
+        exchange here), where one ACK every few exchanges covers them all.
+        When the flush carries data of several ``streams``, the ACK rides
+        whatever its age: its cost is shared by those streams' calls, and with
+        that much traffic an ACK-only packet would be pure overhead.
         """
         space = self._application_space
         if space is None:
@@ -719,7 +734,12 @@ class AioquicCore:
             if space is None:
                 return
             self._application_space = space
-        if space.ack_at is not None and space.ack_at > now:
+        ack_at = space.ack_at
+        if (
+            ack_at is not None
+            and now < ack_at
+            and (streams > 1 or ack_at <= now + self._ack_ride_window)
+        ):
             space.ack_at = now
 
     # -- connection ---------------------------------------------------------------

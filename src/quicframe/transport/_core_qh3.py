@@ -716,7 +716,7 @@ class Qh3Core:
         timer = core.get_timer()
         return timer is not None and timer[0] == "pacing" and timer[1] <= now
 
-    def acknowledge_with_next_packet(self, now: float) -> None:
+    def acknowledge_with_next_packet(self, now: float, streams: int = 1) -> None:
         """No-op: qh3 adds pending acknowledgements to the packets it builds."""
 
     # -- connection ---------------------------------------------------------------
