@@ -51,6 +51,7 @@ from .pubsub import (
     Urgency,
     read_subscribe,
 )
+from .pubsub._queue import DEFAULT_MAX_QUEUED_BYTES
 from .pubsub._server import DEFAULT_MAX_QUEUE_SIZE
 from .session import OneFrameReader, encode_error
 from .transport import Connection, DatagramTooLarge, Stream
@@ -121,6 +122,8 @@ class RemoteBackbone(Backbone, Protocol):
 
     async def answer(self, topic: Topic[Any], sub: ServerSubscription, /) -> None: ...
 
+    def is_stale(self, topic: str, /) -> bool: ...
+
 
 @dataclass(frozen=True, slots=True)
 class TopicStatistics:
@@ -133,6 +136,10 @@ class TopicStatistics:
         publisher_waits: times ``publish`` waited for BLOCK subscribers to drain.
         subscriptions: the queue counters of each attached subscription
             (queued, delivered, dropped, conflated, stale, high water).
+        stale: True while the topic's remote backbone cannot vouch that the topic
+            is current (an edge cut off from NATS, or catching up after it came
+            back: ``JetStreamBackbone.statistics()`` says since when); always False
+            for the in-memory backbone.
     """
 
     name: str
@@ -140,6 +147,7 @@ class TopicStatistics:
     subscribers: int
     publisher_waits: int
     subscriptions: tuple[SubscriptionStats, ...]
+    stale: bool = False
 
 
 class Topic(Generic[T]):
@@ -169,6 +177,11 @@ class Topic(Generic[T]):
         send_buffer: bytes per subscription handed to the transport at most (unsent
             plus unacknowledged); the rest waits in the queue, under its policy.
         max_queue_size: the largest queue a subscriber may ask for.
+        max_queued_bytes: the encoded bytes one subscriber's queue may hold (default
+            8 MiB; None: no bound in bytes).  Past it the subscription's policy acts
+            as at its queue size: CONFLATE and DROP_OLDEST drop the oldest frames,
+            DISCONNECT fails the subscription (SLOW_CONSUMER), BLOCK holds the
+            publisher.
         clock: wall-clock time in ns since the epoch: the frames' ``send_time_ns``
             and the staleness clock.  Tests may pass trio's clock in ns.
         registry: the frame registry ``frame`` is registered in.
@@ -188,6 +201,7 @@ class Topic(Generic[T]):
         stale_after: float | None = None,
         send_buffer: int = DEFAULT_SEND_BUFFER,
         max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
         clock: Callable[[], int] = time.time_ns,
         registry: FrameRegistry = default_registry,
     ) -> None:
@@ -203,6 +217,7 @@ class Topic(Generic[T]):
             backbone=backbone,
             policy=policy,
             queue_size=queue_size,
+            max_queued_bytes=max_queued_bytes,
             urgency=urgency,
             stale_after_ns=None if stale_after is None else round(stale_after * 1e9),
             registry=registry,
@@ -256,6 +271,7 @@ class Topic(Generic[T]):
             subscribers=core.subscribers,
             publisher_waits=self._publisher_waits,
             subscriptions=tuple(q.stats() for q in core._queues),
+            stale=self._remote is not None and self._remote.is_stale(core.name),
         )
 
     def __repr__(self) -> str:

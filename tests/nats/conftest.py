@@ -5,6 +5,9 @@ test extra) runs once per session on 127.0.0.1, on a port it picks itself (``-p
 -1``; the tests read it from its log), with its JetStream store in a temporary
 directory; it is killed when the session ends.  Every test uses topics of its own
 name, so they share the server without sharing streams.
+
+A test that stops and restarts NATS takes ``own_nats_server`` instead: a server of
+its own, on a fixed port and store directory, which it may stop and start again.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -80,6 +84,75 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
         process.wait()
         reader.join(_READY_TIMEOUT)
         stderr.close()
+
+
+class RestartableNatsServer:
+    """A ``nats-server -js`` of one test's own, on a fixed loopback port and store
+    directory, that the test may stop and start again (same port, same store).
+
+    ``start`` and ``stop`` block: call them through ``trio.to_thread.run_sync``.
+    """
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        with socket.socket() as probe:  # a free port; the server binds it next
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+        self.log: list[str] = []
+
+    def start(self) -> None:
+        """Start the server; return once it is ready for clients."""
+        assert self.process is None, "already running"
+        command = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port)]
+        command += ["-sd", str(self.store)]
+        process = self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        assert process.stderr is not None
+        stderr = process.stderr
+        ready = threading.Event()
+
+        def read_log() -> None:  # also keeps the pipe drained while the server runs
+            for line in stderr:
+                self.log.append(line)
+                if "Server is ready" in line:
+                    ready.set()
+            ready.set()  # the server exited: do not wait any longer
+
+        self._reader = threading.Thread(target=read_log, daemon=True)
+        self._reader.start()
+        if not ready.wait(_READY_TIMEOUT) or process.poll() is not None:
+            raise RuntimeError("nats-server did not start:\n" + "".join(self.log))
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM) and wait for it to exit; the store stays."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(_READY_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if self._reader is not None:
+            self._reader.join(_READY_TIMEOUT)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+@pytest.fixture
+def own_nats_server(tmp_path: Path) -> Iterator[RestartableNatsServer]:
+    """A dedicated nats-server for one test (not the session's): see
+    :class:`RestartableNatsServer`."""
+    server = RestartableNatsServer(tmp_path / "jetstream")
+    server.store.mkdir()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ from ._messages import (
     encode_control as encode_control,
 )
 from ._queue import (
+    DEFAULT_MAX_QUEUED_BYTES as DEFAULT_MAX_QUEUED_BYTES,
     DEFAULT_QUEUE_SIZE as DEFAULT_QUEUE_SIZE,
     Policy as Policy,
     SubscriberQueue as SubscriberQueue,

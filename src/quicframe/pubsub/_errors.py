@@ -70,10 +70,11 @@ class HistoryGap(SequenceGap):
         return cls(topic, first, last, error.message, operation=error.operation)
 
 
-def slow_consumer(topic: str, depth: int, limit: int) -> SlowConsumer:
-    """The error a DISCONNECT-policy subscriber gets when its queue overflows."""
+def slow_consumer(topic: str, depth: int, limit: int, *, unit: str = "frames") -> SlowConsumer:
+    """The error a subscriber gets when its queue overflows (DISCONNECT policy, or a
+    BLOCK queue pushed past its hard limit); ``unit`` is "frames" or "bytes"."""
     return SlowConsumer(
-        f"topic {topic!r}: subscriber fell behind ({depth} frames queued, limit {limit}) "
+        f"topic {topic!r}: subscriber fell behind ({depth} {unit} queued, limit {limit}) "
         "and was disconnected by its DISCONNECT policy",
-        details={"topic": topic, "queued": depth, "limit": limit},
+        details={"topic": topic, "queued": depth, "limit": limit, "unit": unit},
     )

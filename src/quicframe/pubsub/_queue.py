@@ -19,18 +19,29 @@ import operator
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from itertools import repeat, starmap
 from typing import Final
 
 from ..wire._errors import SlowConsumer
 from ._backbone import Entry
-from ._errors import slow_consumer
+from ._errors import HistoryGap, slow_consumer
 
-__all__ = ["DEFAULT_QUEUE_SIZE", "Policy", "SubscriberQueue", "SubscriptionStats"]
+__all__ = [
+    "DEFAULT_MAX_QUEUED_BYTES",
+    "DEFAULT_QUEUE_SIZE",
+    "Policy",
+    "SubscriberQueue",
+    "SubscriptionStats",
+]
 
 _deadline_of: Final = operator.itemgetter(4)
+_data_of: Final = operator.itemgetter(2)
 
 DEFAULT_QUEUE_SIZE: Final = 4096
 """Default queue capacity (entries, or keys for CONFLATE)."""
+
+DEFAULT_MAX_QUEUED_BYTES: Final = 8 * 1024 * 1024
+"""Default bound on the encoded bytes one subscriber's queue holds."""
 
 
 class Policy(enum.StrEnum):
@@ -70,6 +81,8 @@ class SubscriptionStats:
         conflated: entries replaced by a newer entry for the same key (CONFLATE).
         stale: entries whose staleness deadline passed before they were sent.
         high_water: the largest number of entries queued at once.
+        queued_bytes: encoded bytes queued now (counted only when the queue bounds
+            bytes for frames of varying size; 0 otherwise).
     """
 
     queued: int
@@ -78,6 +91,7 @@ class SubscriptionStats:
     conflated: int
     stale: int
     high_water: int
+    queued_bytes: int = 0
 
     @property
     def enqueued(self) -> int:
@@ -95,6 +109,17 @@ class SubscriberQueue:
             connection's sender serves more urgent queues first.
         block_limit: BLOCK only: the hard limit past which the queue fails as a slow
             consumer even so (default ``2 * capacity``).
+        max_bytes: the encoded bytes the queue holds before its policy acts, as it
+            does at ``capacity`` entries (None: no bound in bytes).  BLOCK's hard
+            limit is twice this.
+        frame_size: the size of every frame put in the queue when all have the same
+            (fixed-layout frames): the bound in bytes is then a bound in entries,
+            ``max_bytes // frame_size``, and nothing is counted per entry.
+
+    With ``max_bytes`` and frames of varying size, the queue counts the bytes it
+    holds (:attr:`queued_bytes`): CONFLATE and DROP_OLDEST drop the oldest entries
+    until the bytes fit again (the newest entry always stays), DISCONNECT fails,
+    BLOCK reports :attr:`full`.
 
     ``put`` returns True when the caller must act: a BLOCK queue became
     :attr:`full` (apply backpressure), or a DISCONNECT queue failed (see
@@ -102,6 +127,7 @@ class SubscriberQueue:
     """
 
     __slots__ = (
+        "_bytes",
         "_entries",
         "_latest",
         "block_limit",
@@ -111,7 +137,9 @@ class SubscriberQueue:
         "delivered",
         "dropped",
         "error",
+        "gap",
         "high_water",
+        "max_bytes",
         "policy",
         "put",
         "put_many",
@@ -128,12 +156,22 @@ class SubscriberQueue:
         *,
         urgency: int = 0,
         block_limit: int | None = None,
+        max_bytes: int | None = None,
+        frame_size: int | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"queue capacity must be >= 1, not {capacity}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, not {max_bytes}")
         self.topic = topic
         self.policy = Policy(policy)
+        if max_bytes is not None and frame_size:
+            # Frames of one size: the bound in bytes is a bound in entries.
+            capacity = max(1, min(capacity, max_bytes // frame_size))
+            max_bytes = None
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self._bytes = 0  # counted only with max_bytes (frames of varying size)
         self.urgency = urgency
         self.block_limit = 2 * capacity if block_limit is None else max(block_limit, capacity)
         self._entries: deque[Entry] = deque()
@@ -145,19 +183,30 @@ class SubscriberQueue:
         self.high_water = 0
         self.closed = False
         self.error: SlowConsumer | None = None
+        # Frames a remote backbone lost before this edge could read them, reported
+        # by the subscription once its live frames reach them (TopicCore.mark_gap).
+        self.gap: HistoryGap | None = None
         puts: dict[Policy, Callable[[Entry], bool]] = {
             Policy.CONFLATE: self._put_conflate,
             Policy.DROP_OLDEST: self._put_drop_oldest,
             Policy.DISCONNECT: self._put_disconnect,
             Policy.BLOCK: self._put_block,
         }
-        self.put: Callable[[Entry], bool] = puts[self.policy]
         put_manys: dict[Policy, Callable[[list[Entry]], bool]] = {
             Policy.CONFLATE: self._put_many_each,
             Policy.DROP_OLDEST: self._put_many_drop_oldest,
             Policy.DISCONNECT: self._put_many_each,
             Policy.BLOCK: self._put_many_block,
         }
+        if max_bytes is not None:
+            puts = {
+                Policy.CONFLATE: self._put_conflate_counted,
+                Policy.DROP_OLDEST: self._put_drop_oldest_counted,
+                Policy.DISCONNECT: self._put_disconnect_counted,
+                Policy.BLOCK: self._put_block_counted,
+            }
+            put_manys = dict.fromkeys(Policy, self._put_many_each)
+        self.put: Callable[[Entry], bool] = puts[self.policy]
         # ``put_many(entries)`` is ``put`` for each entry in turn, returning True if
         # any of them did (the publish path of a batch: one call per subscriber).
         self.put_many: Callable[[list[Entry]], bool] = put_manys[self.policy]
@@ -213,6 +262,71 @@ class SubscriberQueue:
             return False
         if depth > self.block_limit:
             self.fail(slow_consumer(self.topic, depth, self.block_limit))
+        return True
+
+    # The same, counting bytes (max_bytes with frames of varying size).
+
+    def _put_conflate_counted(self, entry: Entry) -> bool:
+        latest = self._latest
+        old = latest.pop(entry[1], None)
+        if old is not None:
+            self.conflated += 1
+            self._bytes -= len(old[2])
+        latest[entry[1]] = entry
+        self._bytes += len(entry[2])
+        self._trim_counted(len(latest))
+        return False
+
+    def _put_drop_oldest_counted(self, entry: Entry) -> bool:
+        self._entries.append(entry)
+        self._bytes += len(entry[2])
+        self._trim_counted(len(self._entries))
+        return False
+
+    def _trim_counted(self, depth: int) -> None:
+        """Drop the oldest entries while over either bound (the newest stays)."""
+        assert self.max_bytes is not None
+        conflate = self.policy is Policy.CONFLATE
+        while depth > 1 and (depth > self.capacity or self._bytes > self.max_bytes):
+            oldest = self._latest.popitem(last=False)[1] if conflate else self._entries.popleft()
+            self._bytes -= len(oldest[2])
+            self.dropped += 1
+            depth -= 1
+        if depth > self.high_water:
+            self.high_water = depth
+
+    def _put_disconnect_counted(self, entry: Entry) -> bool:
+        assert self.max_bytes is not None
+        entries = self._entries
+        size = len(entry[2])
+        if len(entries) >= self.capacity or self._bytes + size > self.max_bytes:
+            self.fail(
+                slow_consumer(self.topic, self._bytes + size, self.max_bytes, unit="bytes")
+                if len(entries) < self.capacity
+                else slow_consumer(self.topic, len(entries) + 1, self.capacity)
+            )
+            self.dropped += 1
+            return True
+        entries.append(entry)
+        self._bytes += size
+        if len(entries) > self.high_water:
+            self.high_water = len(entries)
+        return False
+
+    def _put_block_counted(self, entry: Entry) -> bool:
+        assert self.max_bytes is not None
+        entries = self._entries
+        entries.append(entry)
+        self._bytes += len(entry[2])
+        depth = len(entries)
+        if depth > self.high_water:
+            self.high_water = depth
+        if depth < self.capacity and self._bytes < self.max_bytes:
+            return False
+        if depth > self.block_limit:
+            self.fail(slow_consumer(self.topic, depth, self.block_limit))
+        elif self._bytes > 2 * self.max_bytes:
+            self.fail(slow_consumer(self.topic, self._bytes, 2 * self.max_bytes, unit="bytes"))
         return True
 
     def _put_closed(self, entry: Entry) -> bool:
@@ -271,14 +385,28 @@ class SubscriberQueue:
         return len(self._latest) if self.policy is Policy.CONFLATE else len(self._entries)
 
     @property
+    def queued_bytes(self) -> int:
+        """Encoded bytes queued now: counted with ``max_bytes`` and frames of varying
+        size, and 0 otherwise (the bound is then in entries)."""
+        return self._bytes
+
+    @property
     def full(self) -> bool:
-        """True while a BLOCK queue holds ``capacity`` entries or more (publishers
-        should wait); always False for the other policies, which never block."""
-        return self.policy is Policy.BLOCK and len(self._entries) >= self.capacity
+        """True while a BLOCK queue holds ``capacity`` entries or more, or its
+        ``max_bytes`` (publishers should wait); always False for the other policies,
+        which never block."""
+        if self.policy is not Policy.BLOCK:
+            return False
+        if self.max_bytes is not None and self._bytes >= self.max_bytes:
+            return True
+        return len(self._entries) >= self.capacity
 
     @property
     def room(self) -> int:
-        """Entries a BLOCK queue takes before it is :attr:`full` (0 or less when full)."""
+        """Entries a BLOCK queue takes before it is :attr:`full` (0 or less when full;
+        at most 1 while it counts bytes, whose room is not a number of entries)."""
+        if self.max_bytes is not None:
+            return 1 if not self.full else 0
         return self.capacity - len(self._entries)
 
     def stats(self) -> SubscriptionStats:
@@ -289,6 +417,7 @@ class SubscriberQueue:
             conflated=self.conflated,
             stale=self.stale,
             high_water=self.high_water,
+            queued_bytes=self._bytes,
         )
 
     def fail(self, error: SlowConsumer) -> None:
@@ -302,6 +431,7 @@ class SubscriberQueue:
         self.dropped += len(self)
         self._entries.clear()
         self._latest.clear()
+        self._bytes = 0
         self.closed = True
         self.put = self._put_closed
         self.put_many = self._put_many_closed
@@ -310,6 +440,8 @@ class SubscriberQueue:
 
     def pop(self, now_ns: int) -> Entry | None:
         """The next entry to send, or None.  Stale entries are dropped on the way."""
+        if self.max_bytes is not None:
+            return self._pop_counted(now_ns)
         if self.policy is Policy.CONFLATE:
             latest = self._latest
             while latest:
@@ -330,9 +462,15 @@ class SubscriberQueue:
             return entry
         return None
 
+    def _pop_counted(self, now_ns: int) -> Entry | None:
+        out = self._pop_many_counted(now_ns, 1)
+        return out[0] if out else None
+
     def pop_many(self, now_ns: int, max_items: int) -> list[Entry]:
         """Up to ``max_items`` entries to send, in order; stale ones are dropped."""
         out: list[Entry] = []
+        if self.max_bytes is not None:
+            return self._pop_many_counted(now_ns, max_items)
         if self.policy is Policy.CONFLATE:
             latest = self._latest
             while latest and len(out) < max_items:
@@ -348,12 +486,29 @@ class SubscriberQueue:
                 out = list(entries)
                 entries.clear()
             else:
-                popleft = entries.popleft
-                out = [popleft() for _ in range(n)]
+                # popleft called n times from C (no Python frame per entry).
+                out = list(starmap(entries.popleft, repeat((), n)))
             # Staleness: a second pass only when some entry has a deadline.
             if any(map(_deadline_of, out)):
                 fresh = [e for e in out if not e[4] or e[4] >= now_ns]
                 self.stale += len(out) - len(fresh)
                 out = fresh
+        self.delivered += len(out)
+        return out
+
+    def _pop_many_counted(self, now_ns: int, max_items: int) -> list[Entry]:
+        """pop_many while counting bytes: everything taken leaves the count."""
+        out: list[Entry] = []
+        while not out and len(self):
+            if self.policy is Policy.CONFLATE:
+                latest = self._latest
+                n = min(max_items, len(latest))
+                taken = [latest.popitem(last=False)[1] for _ in range(n)]
+            else:
+                entries = self._entries
+                taken = list(starmap(entries.popleft, repeat((), min(max_items, len(entries)))))
+            self._bytes -= sum(map(len, map(_data_of, taken)))
+            out = [e for e in taken if not e[4] or e[4] >= now_ns]
+            self.stale += len(taken) - len(out)
         self.delivered += len(out)
         return out

@@ -21,6 +21,7 @@ stream carries the control frames and the snapshot.
 
 from __future__ import annotations
 
+import operator
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final
@@ -56,6 +57,8 @@ __all__ = [
     "SnapshotRequest",
     "read_subscribe",
 ]
+
+_data_of: Final = operator.itemgetter(2)  # Entry.data
 
 DEFAULT_REPLAY_CHUNK: Final = 1024
 DEFAULT_MAX_QUEUE_SIZE: Final = 65_536
@@ -154,7 +157,7 @@ class ServerSubscription:
                     first_seq=topic.log.first_seq,
                     mode=request.mode,
                     policy=str(policy),
-                    queue_size=capacity,
+                    queue_size=self.queue.capacity,
                     channel=self.channel,
                 )
             )
@@ -268,7 +271,11 @@ class ServerSubscription:
                 out.clear()
                 return chunks
             return [out.popleft() for _ in range(max_frames)]
-        if self.request is not None or self.finished or self.datagram:
+        if self.request is not None or self.finished:
+            return []
+        if self.queue.gap is not None:
+            return self._to_gap(now_ns, max_frames)
+        if self.datagram:
             return []
         entries = self.queue.pop_many(now_ns, max_frames)
         if not entries:
@@ -276,7 +283,37 @@ class ServerSubscription:
         watermark = self._watermark
         if entries[0].seq <= watermark:
             return [e.data for e in entries if e.seq > watermark]
-        return [e.data for e in entries]
+        return list(map(_data_of, entries))
+
+    def _to_gap(self, now_ns: int, max_frames: int) -> list[bytes]:
+        """Live frames up to the gap a remote backbone reported (``queue.gap``), then
+        the gap itself, as a replay gap is reported: GAP and a snapshot, or
+        SEQUENCE_GAP with ``on_gap="error"``.  Datagram mode reports it at once."""
+        queue = self.queue
+        gap = queue.gap
+        assert gap is not None
+        first = gap.first_missing
+        watermark = self._watermark
+        entries = [] if self.datagram else queue.pop_many(now_ns, max_frames)
+        if entries and entries[-1].seq < first:
+            return [e.data for e in entries if e.seq > watermark]  # not reached yet
+        if not entries and not self.datagram:
+            return []
+        queue.gap = None
+        if gap.last_missing <= watermark:  # the client resumed beyond those numbers
+            return [e.data for e in entries if e.seq > watermark]
+        # Frames after the gap, popped here, are in the log: the snapshot covers them.
+        self._out.extend(e.data for e in entries if watermark < e.seq < first)
+        self._wanted_from = max(self._wanted_from, first)
+        self.gap = gap
+        if self.request_body.on_gap == ON_GAP_ERROR:
+            self._fail(gap)
+        else:
+            self._out.append(
+                encode_control(Gap(first, gap.last_missing, "lost before this server read it"))
+            )
+            self.request = SnapshotRequest()
+        return self.data_to_send(now_ns, max_frames)
 
     def datagrams_to_send(self, now_ns: int, max_datagrams: int = 64) -> list[bytes]:
         """Datagram mode: live frames to send as QUIC DATAGRAMs, one frame each, with

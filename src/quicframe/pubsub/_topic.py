@@ -12,14 +12,17 @@ import dataclasses
 import enum
 import functools
 import itertools
+import struct
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Final, Generic, TypeVar
 
 from ..wire import FixedLayoutCodec, MarketTick, OrderAck, default_registry
 from ..wire._errors import ErrorCode, LocalProtocolError
+from ..wire._frame import HEADER
 from ..wire._registry import FrameRegistry
 from ._backbone import DEFAULT_HISTORY, Backbone, Entry, InMemoryBackbone, TopicLog
-from ._queue import DEFAULT_QUEUE_SIZE, Policy, SubscriberQueue
+from ._errors import HistoryGap
+from ._queue import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_QUEUE_SIZE, Policy, SubscriberQueue
 
 __all__ = ["TopicCore", "Urgency", "make_batch_stamper", "make_stamper"]
 
@@ -27,6 +30,9 @@ T = TypeVar("T")
 
 _tuple_new: Final[Callable[[type[Any], tuple[Any, ...]], Any]] = tuple.__new__
 _new_entry: Final[Callable[[tuple[Any, ...]], Entry]] = functools.partial(_tuple_new, Entry)
+# The frame header's layout: what fixed-layout codecs bind first in pack_frame.
+_HEADER_FORMAT: Final[str] = HEADER.format
+_HEADER_FIELDS: Final = len(HEADER.unpack(bytes(HEADER.size)))
 
 
 class Urgency(enum.IntEnum):
@@ -118,17 +124,32 @@ def make_batch_stamper(cls: type[Any], registry: FrameRegistry = default_registr
             for i, name in enumerate(fields)
         )
         pack = codec.pack_frame
+        namespace: dict[str, Any] = {"count": itertools.count}
         if isinstance(pack, functools.partial) and not pack.keywords:
-            # The header fields bound in the partial become int literals in the
-            # source: one call less per frame, and no IntEnum to convert.
-            args = ", ".join([*(str(int(a)) for a in pack.args), args])
-            pack = pack.func
+            frame_struct = getattr(pack.func, "__self__", None)
+            layout = getattr(frame_struct, "format", "")
+            if (
+                isinstance(frame_struct, struct.Struct)
+                and layout.startswith(_HEADER_FORMAT)
+                and len(pack.args) == _HEADER_FIELDS
+            ):
+                # The header is the same for every frame: packed once, it goes in
+                # as one bytes field (one argument per frame rather than six).
+                namespace["prefix"] = struct.pack(_HEADER_FORMAT, *pack.args)
+                body = layout[len(_HEADER_FORMAT) :]
+                pack = struct.Struct(f">{struct.calcsize(_HEADER_FORMAT)}s{body}").pack
+                args = f"prefix, {args}"
+            else:
+                # The header fields bound in the partial become int literals in the
+                # source: one call less per frame, and no IntEnum to convert.
+                args = ", ".join([*(str(int(a)) for a in pack.args), args])
+                pack = pack.func
         source = (
             "def stamp_many(values, first_seq, now_ns):\n"
             f"    return [pack({args}) for seq, ({', '.join(names)},)"
             " in zip(count(first_seq), values)]\n"
         )
-        namespace: dict[str, Any] = {"pack": pack, "count": itertools.count}
+        namespace["pack"] = pack
         exec(source, namespace)
         fast: BatchStamper = namespace["stamp_many"]
         return fast
@@ -159,6 +180,8 @@ class TopicCore(Generic[T]):
         policy: the default queue policy of subscriptions that do not choose one
             (default: CONFLATE for ``MarketTick``, BLOCK for anything else).
         queue_size: the default queue capacity.
+        max_queued_bytes: the encoded bytes one subscriber's queue may hold (None:
+            no bound in bytes); past it the queue's policy acts as at its capacity.
         urgency: the scheduling class of this topic's frames (default: LOW for
             ``MarketTick``, HIGH for ``OrderAck``, NORMAL otherwise).
         stale_after_ns: frames not sent within this time after publishing are
@@ -179,6 +202,7 @@ class TopicCore(Generic[T]):
         urgency: int | None = None,
         stale_after_ns: int | None = None,
         registry: FrameRegistry = default_registry,
+        max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
     ) -> None:
         spec = registry.spec_for_class(frame)
         if spec is None:
@@ -187,6 +211,14 @@ class TopicCore(Generic[T]):
         self.frame = frame
         self.frame_type: int = spec.frame_type
         self.codec = spec.codec
+        if max_queued_bytes is not None and max_queued_bytes < 1:
+            raise ValueError(f"max_queued_bytes must be >= 1, not {max_queued_bytes}")
+        self.max_queued_bytes = max_queued_bytes
+        # Every frame of a fixed-layout codec has the same size: queues bound it as
+        # a number of entries.
+        self._frame_size: int | None = (
+            spec.codec.frame_size if isinstance(spec.codec, FixedLayoutCodec) else None
+        )
         self._stamp = make_stamper(frame, registry)
         self._stamp_many = make_batch_stamper(frame, registry)
         self._key: Callable[[T], Hashable] = key if key is not None else _constant_key
@@ -351,6 +383,20 @@ class TopicCore(Generic[T]):
                 self._pressure = True
                 self._prune()
 
+    def mark_gap(self, first_missing: int, last_missing: int) -> None:
+        """Frames ``first_missing..last_missing`` were lost by a remote backbone before
+        this process could read them (call it before ingesting the frame after them).
+
+        Every subscription attached now reports it once its live frames reach that
+        point: GAP and a snapshot, or SEQUENCE_GAP with ``on_gap="error"`` (see
+        ``ServerSubscription``).  Two gaps not yet reached are reported as one.
+        """
+        for queue in self._queues:
+            pending = queue.gap
+            if pending is not None:
+                first_missing = min(first_missing, pending.first_missing)
+            queue.gap = HistoryGap(self.name, first_missing, last_missing, operation="subscribe")
+
     def _prune(self) -> None:
         self._queues = [q for q in self._queues if not q.closed]
         self._blocking = [q for q in self._blocking if not q.closed]
@@ -384,6 +430,8 @@ class TopicCore(Generic[T]):
             Policy(policy) if policy is not None else self.policy,
             capacity if capacity is not None else self.queue_size,
             urgency=self.urgency if urgency is None else urgency,
+            max_bytes=self.max_queued_bytes,
+            frame_size=self._frame_size,
         )
         self._queues.append(queue)
         if queue.policy is Policy.BLOCK:
