@@ -88,6 +88,34 @@ async def test_server_shutdown_closes_connections_with_going_away(
                 assert info.value.code == ErrorCode.GOING_AWAY
 
 
+async def test_the_peers_close_is_reported_without_waiting_for_the_draining_period(
+    server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    """A reader learns of the peer's CONNECTION_CLOSE as soon as it arrives, while the
+    core still drains (three probe timeouts), and after the data sent before it."""
+
+    async def handler(connection: Connection) -> None:
+        stream = await connection.accept_stream()
+        await stream.receive_some()
+        await stream.send_all(b"last words")
+        await connection.aclose(ErrorCode.GOING_AWAY, "bye", graceful=True)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            handle = await start_server(nursery, server_config, handler)
+            async with connect("127.0.0.1", handle.listener.port, client_config) as conn:
+                stream = await conn.open_stream()
+                await stream.send_all(b"hello")
+                assert await stream.receive_some() == b"last words"
+                with pytest.raises(ConnectionClosed) as info:
+                    await stream.receive_some()
+                assert info.value.by_peer
+                assert info.value.code == ErrorCode.GOING_AWAY
+                assert info.value.reason == "bye"
+                assert conn._core.is_draining()  # reported before the core terminated
+            handle.cancel_scope.cancel()
+
+
 @pytest.mark.aioquic_only("qh3 cannot select a congestion controller")
 async def test_cubic_qlog_and_keylog(
     server_config: ServerConfig, client_config: ClientConfig, tmp_path: Path

@@ -678,9 +678,12 @@ class Connection:
         batch and anything else the core owes the peer leave in one flush.
         """
         self._last_activity = t
-        if not self._peer_closed and self._core.is_draining():
+        peer_closed_now = not self._peer_closed and self._core.is_draining()
+        if peer_closed_now:
             self._peer_closed = True
         self._handle_events()
+        if peer_closed_now:
+            self._report_peer_close()
         for unidirectional, lot in enumerate(self._stream_credit_lots):
             if lot:
                 lot.unpark(count=self._core.streams_allowed(bool(unidirectional)))
@@ -979,6 +982,26 @@ class Connection:
         if queued:
             self._accept_lot.unpark_all()
         return stream
+
+    def _report_peer_close(self) -> None:
+        """The peer's CONNECTION_CLOSE arrived: fail every waiter now.
+
+        The core keeps the connection in the draining state for three probe
+        timeouts before it terminates (RFC 9000 section 10.2.2), during which
+        nothing can be sent or received on it, so there is nothing to wait for:
+        readers get the data that arrived before the close, then the peer's error,
+        at once (a client failing over to another server gains that period).
+        """
+        code, is_transport, reason = self._core.close_reason()
+        self._set_closed(
+            ConnectionClosed,
+            message="the peer closed the connection",
+            code=code,
+            reason=reason,
+            by_peer=True,
+            is_transport=is_transport,
+        )
+        self._wake_everyone()
 
     def _on_terminated(self, event: Any) -> None:
         is_transport = event.frame_type is not None
