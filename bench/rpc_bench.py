@@ -7,6 +7,8 @@ Usage::
     python bench/rpc_bench.py server --port P [--core qh3]   # prints "READY <port>"
     python bench/rpc_bench.py client --port P --workload w1|w2 [--quick] [--core qh3]
                                                              # prints "RESULT {json}"
+    python bench/rpc_bench.py inproc --side rpc|transport [--calls N] [--core qh3]
+                                      # W1 in one process over the fake network
 
 Workloads, as the anchors define them (``../shared/anchors/README.md``), over RPC:
 
@@ -148,6 +150,116 @@ async def run_client(port: int, workload: str, quick: bool, core: str) -> None:
         # share packets (the transport's W1/W2 records carry the same figure).
         record["packets_sent"] = client.connection.statistics().packets_sent
     print("RESULT " + json.dumps({"side": "rpc", "workload": workload, **record}), flush=True)
+
+
+# ------------------------------------------------------------------------------ inproc
+
+
+async def run_inproc(side: str, calls: int, core: str) -> None:
+    """W1 with both ends in this process, over ``quicframe.testing.FakeNetwork``.
+
+    ``rpc`` makes ``client.call(ECHO, payload)`` calls; ``transport`` moves the
+    same bytes as bare streams, read the way the RPC layer reads them (one read
+    when the FIN came with the data), so that the difference between the two is
+    the RPC layer's own work: both ends' CPU per call, with no kernel and no
+    second process.  Run it under ``valgrind --tool=callgrind`` with two call
+    counts and divide the difference of the instruction totals by the
+    difference of the counts (which removes the start-up and the handshake).
+    """
+    import functools
+
+    import quicframe
+    from quicframe import transport
+    from quicframe.testing import FakeNetwork, write_self_signed_certificate
+
+    request = b"\x07" + PAYLOAD  # as many bytes as the RPC's REQUEST, roughly
+    with tempfile.TemporaryDirectory() as folder:
+        cert, key = write_self_signed_certificate(folder)
+        server_config = quicframe.ServerConfig(core=core, certificate=cert, private_key=key)
+        client_config = quicframe.ClientConfig(core=core, ca_file=cert, server_name="localhost")
+        async with FakeNetwork(seed=1) as network, trio.open_nursery() as nursery:
+            factory = network.socket_factory
+            if side == "rpc":
+                router = quicframe.Router()
+
+                @router.rpc(ECHO)
+                async def echo(request: Any, ctx: quicframe.CallContext) -> Any:
+                    return request
+
+                server = await nursery.start(
+                    functools.partial(
+                        quicframe.serve,
+                        router,
+                        "127.0.0.1",
+                        0,
+                        server_config,
+                        socket_factory=factory,
+                    )
+                )
+                async with quicframe.connect(
+                    "127.0.0.1",
+                    server.port,
+                    client_config,
+                    heartbeat=False,
+                    socket_factory=factory,
+                ) as client:
+
+                    async def one() -> None:
+                        await client.call(ECHO, PAYLOAD)
+
+                    cpu = await _timed_calls(one, calls)
+            else:
+
+                async def echo_stream(stream: transport.Stream) -> None:
+                    data = await stream.receive_some()
+                    while not stream.receive_finished and (more := await stream.receive_some()):
+                        data += more
+                    stream.send_nowait(data)
+                    await stream.send_eof()
+
+                async def handler(connection: transport.Connection) -> None:
+                    await connection.serve_streams(echo_stream)
+
+                listener = await nursery.start(
+                    functools.partial(
+                        transport.serve,
+                        "127.0.0.1",
+                        0,
+                        server_config,
+                        handler,
+                        socket_factory=factory,
+                    )
+                )
+                async with transport.connect(
+                    "127.0.0.1",
+                    listener.port,
+                    client_config,
+                    local_host="127.0.0.2",
+                    socket_factory=factory,
+                ) as connection:
+
+                    async def one() -> None:
+                        stream = await connection.open_stream()
+                        stream.send_nowait(request)
+                        await stream.send_eof()
+                        data = await stream.receive_some()
+                        while not stream.receive_finished and await stream.receive_some():
+                            pass
+                        assert data
+
+                    cpu = await _timed_calls(one, calls)
+            nursery.cancel_scope.cancel()
+    record = {"side": f"inproc-{side}", "calls": calls, "cpu_us_per_call": cpu}
+    print("RESULT " + json.dumps(record), flush=True)
+
+
+async def _timed_calls(one: Any, calls: int) -> float:
+    for _ in range(50):
+        await one()
+    start = time.process_time()
+    for _ in range(calls):
+        await one()
+    return (time.process_time() - start) / calls * 1e6
 
 
 # ------------------------------------------------------------------------------ driver
@@ -339,7 +451,11 @@ def _brief(record: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("role", nargs="?", default="driver", choices=["driver", "server", "client"])
+    parser.add_argument(
+        "role", nargs="?", default="driver", choices=["driver", "server", "client", "inproc"]
+    )
+    parser.add_argument("--side", default="rpc", choices=["rpc", "transport"], help="inproc")
+    parser.add_argument("--calls", type=int, default=2000, help="inproc: timed calls")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--workload", default="w1", choices=["w1", "w2"])
     parser.add_argument("--quick", action="store_true")
@@ -356,6 +472,9 @@ def main() -> int:
         with contextlib.suppress(KeyboardInterrupt):
             signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
             trio.run(run_server, args.port, args.core)
+        return 0
+    if args.role == "inproc":
+        trio.run(run_inproc, args.side, args.calls, args.core)
         return 0
     if args.role == "client":
         trio.run(run_client, args.port, args.workload, args.quick, args.core)

@@ -25,7 +25,7 @@ import trio
 
 from ._config import ServerConfig
 from ._router import CallContext, Router
-from ._util import send_with_fin, unwrap_single_exception
+from ._util import read_one_frame, send_with_fin, unwrap_single_exception
 from .errors import (
     ConnectionClosed,
     ErrorCode,
@@ -44,7 +44,6 @@ from .session import (
     GoAway,
     Hello,
     HelloReceived,
-    OneFrameReader,
     Reject,
     Welcome,
     choose_version,
@@ -296,6 +295,9 @@ async def run_call(
 
 
 _TERMINAL_ERRORS: Final = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
+# What a call stream or a subscription (served by quicframe._topic) starts with.
+_REQUEST_TYPE: Final = bytes([FrameType.REQUEST])
+_SUBSCRIBE_TYPE: Final = bytes([FrameType.SUBSCRIBE])
 
 
 class _Session:
@@ -497,12 +499,25 @@ class _Session:
         options = self._options
         self._calls_open += 1
         counted = True
+        first: bytes | None
+        frame: Frame | None
         try:
             try:
                 if stream._receive_eof:
                     # The FIN is in, so the whole request is buffered and reading
                     # it cannot wait: no timeout (a cancel scope costs ~5 us).
-                    first, frame = await self._read_call(stream)
+                    # The common case, a call whose request came in one piece,
+                    # is read and decoded right here.
+                    data = await stream.receive_some()
+                    if (
+                        data[:1] == _REQUEST_TYPE
+                        and stream.receive_finished
+                        and self._calls_open <= options.max_concurrent_calls
+                    ):
+                        first = None
+                        frame = decode_frame(data, max_frame_size=options.max_frame_size)
+                    else:
+                        first, frame = await self._read_call(stream, data)
                     timed_out = False
                 else:
                     first = frame = None
@@ -551,8 +566,10 @@ class _Session:
             if counted:
                 self._calls_open -= 1
 
-    async def _read_call(self, stream: Stream) -> tuple[bytes | None, Frame | None]:
-        """Read what the stream starts with.
+    async def _read_call(
+        self, stream: Stream, data: bytes | None = None
+    ) -> tuple[bytes | None, Frame | None]:
+        """Read what the stream starts with (``data``: its first bytes, if read).
 
         Returns (its first bytes, None) for a subscription, (None, the REQUEST)
         for a call within ``max_concurrent_calls``, and (None, None) for a call
@@ -566,15 +583,14 @@ class _Session:
         # Market data: a stream starting with SUBSCRIBE is a subscription, served
         # to its end by quicframe._topic (a router without that topic answers
         # UNKNOWN_TOPIC); any other stream is a call.
-        from ._topic import SUBSCRIBE_TYPE
-
-        data = await stream.receive_some()
-        if data[:1] == SUBSCRIBE_TYPE:
+        if data is None:
+            data = await stream.receive_some()
+        if data[:1] == _SUBSCRIBE_TYPE:
             return data, None
         options = self._options
         if self._calls_open > options.max_concurrent_calls:
             return None, None
-        frame = await _read_request(stream, data, options.max_frame_size)
+        frame = await read_one_frame(stream, options.max_frame_size, data)
         if frame.type != FrameType.REQUEST:
             request_frame_untrusted(frame)  # raises UNEXPECTED_FRAME
         return None, frame
@@ -723,7 +739,13 @@ class _Session:
                 error = (ErrorCode.INTERNAL, f"the response cannot be sent: {exc.message}", {})
             else:
                 server._completed += 1
-                await send_with_fin(stream, reply)
+                try:
+                    # The reply and its FIN are queued without the checkpoint of
+                    # send_eof: the task ends here, and that round would only
+                    # delay its end (receive_some was this call's checkpoint).
+                    stream.send_nowait(reply, eof=True)
+                except trio.WouldBlock:
+                    await send_with_fin(stream, reply)
                 return
         await self._fail(stream, opcode, request_id, *error)
 
@@ -741,24 +763,6 @@ class _Session:
         await send_with_fin(
             stream, encode_error(opcode, code, message, details, request_id=request_id)
         )
-
-
-async def _read_request(stream: Stream, data: bytes, max_frame_size: int) -> Frame:
-    """The call stream's one frame, read to the FIN; ``data`` is its first chunk.
-
-    Raises:
-        RemoteProtocolError: the stream does not hold exactly one valid frame.
-        And whatever ``receive_some`` raises.
-    """
-    if data and stream.receive_finished:
-        return decode_frame(data, max_frame_size=max_frame_size)
-    reader = OneFrameReader(max_frame_size=max_frame_size)
-    while data:
-        reader.feed(data)
-        if stream.receive_finished:
-            break
-        data = await stream.receive_some()
-    return reader.feed_eof()
 
 
 def _options(

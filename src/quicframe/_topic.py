@@ -53,14 +53,11 @@ from .pubsub import (
 )
 from .pubsub._queue import DEFAULT_MAX_QUEUED_BYTES
 from .pubsub._server import DEFAULT_MAX_QUEUE_SIZE
-from .session import OneFrameReader, encode_error
+from .session import encode_error
 from .transport import Connection, DatagramTooLarge, Stream
 from .wire import (
     DEFAULT_MAX_FRAME_SIZE,
-    Frame,
     FrameDecoder,
-    FrameType,
-    decode_frame,
     default_registry,
 )
 from .wire._registry import FrameRegistry
@@ -93,8 +90,6 @@ _BATCH_DATAGRAMS: Final = 64
 # Shortest wait for room in the congestion window before DATAGRAMs go out, seconds.
 _MIN_DATAGRAM_WAIT: Final = 0.001
 
-SUBSCRIBE_TYPE: Final = bytes([FrameType.SUBSCRIBE])
-"""The first byte of a subscription stream (the SUBSCRIBE frame's type)."""
 
 _STREAM_URGENCY: Final[dict[int, int]] = {Urgency.HIGH: 1, Urgency.NORMAL: 3, Urgency.LOW: 6}
 
@@ -611,31 +606,3 @@ async def serve_subscription(
     finally:
         state.count -= 1
         state.channels.discard(channel)
-
-
-async def read_call_or_subscription(
-    router: Router, connection: Connection, stream: Stream, max_frame_size: int
-) -> Frame | None:
-    """The session server's reader of a new stream when the router serves topics.
-
-    A stream whose first byte is SUBSCRIBE is a subscription: it is served here, to
-    its end, and None is returned.  Any other stream is a call: its one frame is
-    read to the FIN and returned, as ``read_one_frame`` does.
-
-    Raises:
-        RemoteProtocolError: the call stream does not hold exactly one valid frame.
-        And whatever ``receive_some`` raises.
-    """
-    data = await stream.receive_some()
-    if data[:1] == SUBSCRIBE_TYPE:
-        await serve_subscription(router, connection, stream, data, max_frame_size=max_frame_size)
-        return None
-    if data and stream.receive_finished:
-        return decode_frame(data, max_frame_size=max_frame_size)
-    reader = OneFrameReader(max_frame_size=max_frame_size)
-    while data:
-        reader.feed(data)
-        if stream.receive_finished:
-            break
-        data = await stream.receive_some()
-    return reader.feed_eof()

@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 __all__ = ["read_one_frame", "send_with_fin", "unwrap_single_exception"]
 
 
-async def read_one_frame(stream: Stream, max_frame_size: int) -> Frame:
-    """Read a call stream to its FIN and return its one frame.
+async def read_one_frame(stream: Stream, max_frame_size: int, first: bytes | None = None) -> Frame:
+    """Read a call stream to its FIN and return its one frame (``first``: the
+    stream's first bytes, when the caller already read them).
 
     Stops as soon as the FIN is known to have arrived with the data read, rather
     than asking ``receive_some`` for the empty read that reports it: that call
@@ -31,7 +32,7 @@ async def read_one_frame(stream: Stream, max_frame_size: int) -> Frame:
             larger than ``max_frame_size`` (codes as :class:`OneFrameReader`).
         And whatever ``receive_some`` raises.
     """
-    data = await stream.receive_some()
+    data = await stream.receive_some() if first is None else first
     if data and stream.receive_finished:
         return decode_frame(data, max_frame_size=max_frame_size)
     reader = OneFrameReader(max_frame_size=max_frame_size)

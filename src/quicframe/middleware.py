@@ -61,29 +61,36 @@ def log_calls(logger: logging.Logger | None = None, *, level: int = logging.INFO
             status = code_name(ErrorCode.INTERNAL)
             raise
         finally:
-            latency_ms = (trio.current_time() - start) * 1000
             record_level = level
             if status == "INTERNAL":
                 record_level = logging.ERROR
             elif status != "OK":
                 record_level = max(level, logging.WARNING)
-            log.log(
-                record_level,
-                "call %s opcode=0x%04x status=%s latency_ms=%.3f",
-                ctx.request_id,
-                ctx.opcode,
-                status,
-                latency_ms,
-                extra={
-                    "request_id": ctx.request_id,
-                    "opcode": ctx.opcode,
-                    "status": status,
-                    "latency_ms": latency_ms,
-                    "principal": ctx.principal,
-                },
-            )
+            if log.isEnabledFor(record_level):  # else skip building the record's fields
+                latency_ms = (trio.current_time() - start) * 1000
+                _log_call(log, record_level, ctx, status, latency_ms)
 
     return middleware
+
+
+def _log_call(
+    log: logging.Logger, record_level: int, ctx: CallContext, status: str, latency_ms: float
+) -> None:
+    log.log(
+        record_level,
+        "call %s opcode=0x%04x status=%s latency_ms=%.3f",
+        ctx.request_id,
+        ctx.opcode,
+        status,
+        latency_ms,
+        extra={
+            "request_id": ctx.request_id,
+            "opcode": ctx.opcode,
+            "status": status,
+            "latency_ms": latency_ms,
+            "principal": ctx.principal,
+        },
+    )
 
 
 def require_principal(

@@ -95,6 +95,22 @@ async def test_check_half_closeable_stream(
             await trio.testing.check_half_closeable_stream(maker, clogged_maker)
 
 
+async def test_send_nowait_with_eof_queues_the_data_and_the_fin(
+    server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    with trio.fail_after(10):
+        async with connection_pair(server_config, client_config) as (client, server):
+            local, remote = await stream_pair(client, server)
+            local.send_nowait(b"request", eof=True)
+            with pytest.raises(trio.ClosedResourceError):
+                local.send_nowait(b"more")
+            received = bytearray()
+            while chunk := await remote.receive_some():
+                received += chunk
+            assert received == b"request"
+            assert remote.receive_finished
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 async def test_echo_ipv4_and_ipv6(
     host: str, server_config: ServerConfig, client_config: ClientConfig

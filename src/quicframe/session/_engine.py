@@ -9,6 +9,7 @@ streams; tests drive this module directly, with no event loop.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -16,16 +17,20 @@ from typing import Any, Final
 from ..wire import (
     DEFAULT_MAX_FRAME_SIZE,
     EMPTY_METADATA,
+    WIRE_VERSION,
     ErrorCode,
     Frame,
     FrameDecoder,
     FrameType,
     Metadata,
+    MetaKey,
     SlaClass,
     TlvEntry,
+    TlvType,
     encode_frame,
 )
 from ..wire._errors import LocalProtocolError, RemoteError, RemoteProtocolError
+from ..wire._metadata import MAX_REQUEST_ID_SIZE
 from ._messages import (
     ERROR_CODEC,
     GOAWAY_CODEC,
@@ -326,6 +331,52 @@ class OneFrameReader:
         return self._frame
 
 
+# The call frames' fast path: a REQUEST or RESPONSE with well-known metadata only
+# is packed here in one pass (header, TLV entries, body), without the Metadata
+# object and the checks that a general frame needs.  The bytes are exactly
+# those of ``encode_frame(..., metadata=Metadata.build(...))``; any value the
+# fast path does not take for granted goes the general way, which raises the
+# usual errors.
+_HEADER: Final = struct.Struct(">BBHHHI")
+_ENTRY: Final = struct.Struct(">HBH")
+_U64_ENTRY: Final = struct.Struct(">HBHQ")
+_U64_MAX: Final = 0xFFFF_FFFF_FFFF_FFFF
+_REQUEST: Final = int(FrameType.REQUEST)
+_RESPONSE: Final = int(FrameType.RESPONSE)
+_REQUEST_ID: Final = int(MetaKey.REQUEST_ID)
+_DEADLINE_BUDGET_NS: Final = int(MetaKey.DEADLINE_BUDGET_NS)
+_SLA_CLASS: Final = int(MetaKey.SLA_CLASS)
+_PAYLOAD_SHA256: Final = int(MetaKey.PAYLOAD_SHA256)
+_STRING: Final = int(TlvType.STRING)
+_UINT: Final = int(TlvType.UINT)
+_BYTES: Final = int(TlvType.BYTES)
+_DIGEST_ENTRY: Final = _ENTRY.pack(_PAYLOAD_SHA256, _BYTES, 32)
+
+
+def _pack_call_frame(
+    frame_type: int, opcode: int, meta: list[bytes], body: bytes, max_frame_size: int
+) -> bytes | None:
+    """Header + ``meta`` + body, or None when a field is out of range."""
+    meta_bytes = b"".join(meta)
+    meta_len = len(meta_bytes)
+    body_len = len(body)
+    if meta_len + body_len > max_frame_size or type(body) is not bytes:
+        return None
+    try:
+        header = _HEADER.pack(frame_type, 0, WIRE_VERSION, opcode, meta_len, body_len)
+    except struct.error:
+        return None
+    return header + meta_bytes + body
+
+
+def _request_id_entry(request_id: str) -> list[bytes] | None:
+    raw = request_id.encode("utf-8")
+    size = len(raw)
+    if not 1 <= size <= MAX_REQUEST_ID_SIZE:
+        return None
+    return [_ENTRY.pack(_REQUEST_ID, _STRING, size), raw]
+
+
 def encode_request(
     opcode: int,
     body: bytes,
@@ -343,6 +394,20 @@ def encode_request(
     Raises:
         LocalProtocolError: a field is out of range or the frame is too large.
     """
+    if trace_context is None and not extra and type(request_id) is str:
+        meta = _request_id_entry(request_id)
+        if meta is not None and (sla_class is None or 0 <= sla_class <= 0xFF):
+            if deadline_budget_ns is not None:
+                budget = min(max(0, deadline_budget_ns), _U64_MAX)
+                meta.append(_U64_ENTRY.pack(_DEADLINE_BUDGET_NS, _UINT, 8, budget))
+            if sla_class is not None:
+                meta.append(_U64_ENTRY.pack(_SLA_CLASS, _UINT, 8, sla_class))
+            if integrity:
+                meta.append(_DIGEST_ENTRY)
+                meta.append(hashlib.sha256(body).digest())
+            frame = _pack_call_frame(_REQUEST, opcode, meta, body, max_frame_size)
+            if frame is not None:
+                return frame
     metadata = Metadata.build(
         request_id=request_id,
         deadline_budget_ns=deadline_budget_ns,
@@ -397,6 +462,15 @@ def encode_response(
     Raises:
         LocalProtocolError: the frame is too large.
     """
+    if type(request_id) is str:
+        meta = _request_id_entry(request_id)
+        if meta is not None:
+            if integrity:
+                meta.append(_DIGEST_ENTRY)
+                meta.append(hashlib.sha256(body).digest())
+            frame = _pack_call_frame(_RESPONSE, opcode, meta, body, max_frame_size)
+            if frame is not None:
+                return frame
     metadata = _reply_metadata(request_id, body if integrity else None)
     return encode_frame(
         FrameType.RESPONSE, body, opcode=opcode, metadata=metadata, max_frame_size=max_frame_size

@@ -205,12 +205,16 @@ class Stream(trio.abc.HalfCloseableStream):
         finally:
             self._send_busy = False
 
-    def send_nowait(self, data: bytes | bytearray | memoryview) -> None:
+    def send_nowait(self, data: bytes | bytearray | memoryview, *, eof: bool = False) -> None:
         """Queue ``data`` without waiting, unless the stream is over its high-water mark.
 
         The synchronous twin of :meth:`send_all`: a burst of small writes made
         without yielding (several frames of one message, say) reaches the core as a
-        single ``send_stream_data`` call at the driver's next pass.
+        single ``send_stream_data`` call at the driver's next pass.  With
+        ``eof=True`` the send side is then finished (FIN), as :meth:`send_eof`
+        does but without its checkpoint: a request or reply and its FIN in one
+        synchronous step, for a task whose next await is its checkpoint anyway.
+        On ``trio.WouldBlock`` nothing was queued, FIN included.
 
         Raises:
             trio.WouldBlock: the stream holds more than its high-water mark.
@@ -225,6 +229,8 @@ class Stream(trio.abc.HalfCloseableStream):
             self._send_pending += data
             self._sent_total += len(data)
             self._connection._mark_dirty(self)
+        if eof:
+            self._finish_sending()
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the stream is under its high-water mark.
