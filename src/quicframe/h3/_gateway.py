@@ -204,6 +204,8 @@ class _Request:
     # Read without H3Connection (see _H3Session._read_whole): H3Connection
     # never hears of this stream, so its response is written without it too.
     direct: bool = False
+    # Counted against max_concurrent_calls (a subscription stops counting).
+    counted: bool = True
 
 
 class Gateway:
@@ -356,7 +358,9 @@ class _H3Session:
         self._goaway_sent = False
         self._closing = False
         self._next_request_stream = 0
-        self._in_flight = 0
+        self._in_flight = 0  # calls whose handler runs (run_call counts them)
+        # Request streams from their first byte until answered (max_concurrent_calls).
+        self._requests_open = 0
         self._subscriptions = 0  # GET /topics/... being served on this connection
         # Authorization header value -> principal, for this connection.
         self._principals: dict[str | None, str | None] = {}
@@ -462,15 +466,73 @@ class _H3Session:
             return
 
     async def _serve_request(self, stream: Stream) -> None:
+        # A request counts against max_concurrent_calls from its stream's first
+        # byte (the stream task starts once that arrived) until it is answered,
+        # as a native call does; a subscription stops counting once its headers
+        # say so (_uncount).  One beyond the limit is refused before anything
+        # of it is read.
         stream_id = stream.stream_id
         quic = self._quic
         assert quic is not None
         self._next_request_stream = max(self._next_request_stream, stream_id + 4)
+        self._requests_open += 1
+        request = _Request()
+        try:
+            if self._requests_open > self._options.max_concurrent_calls:
+                self._refuse(
+                    stream,
+                    H3ErrorCode.H3_REQUEST_REJECTED,
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    "too many concurrent requests on this connection",
+                )
+                return
+            await self._serve_counted(stream, request)
+        finally:
+            if request.counted:
+                self._requests_open -= 1
+
+    async def _serve_counted(self, stream: Stream, request: _Request) -> None:
+        stream_id = stream.stream_id
+        quic = self._quic
+        assert quic is not None
         quic.attach(stream)
-        request = self._requests[stream_id] = _Request()
+        self._requests[stream_id] = request
         done = False
         try:
-            complete = await self._read_request(stream, request)
+            data: bytes | None = None
+            complete = False
+            if stream._receive_eof:
+                # The FIN is in, so the whole request is buffered and reading it
+                # cannot wait: the common case, a request whose bytes came in
+                # one piece, is taken without a timeout scope.
+                data = await stream.receive_some()
+                complete = (
+                    bool(data)
+                    and stream.receive_finished
+                    and self._read_whole(stream_id, data, request)
+                )
+            if not complete:
+                timed_out = True
+                with trio.move_on_after(self._options.request_read_timeout):
+                    complete = await self._read_request(stream, request, data)
+                    timed_out = False
+                if timed_out:
+                    # Headers or body trickled in too slowly, or never ended (or
+                    # the header block waited for QPACK instructions that never
+                    # came): the request is let go without running.  Detached
+                    # first, so that H3Connection, told to forget the stream,
+                    # resets nothing itself (it would say H3_REQUEST_INCOMPLETE).
+                    quic.detach(stream_id)
+                    self._feed_reset(stream_id, H3ErrorCode.H3_REQUEST_CANCELLED)
+                    self._forget_stream(stream_id)
+                    self._refuse(
+                        stream,
+                        H3ErrorCode.H3_REQUEST_CANCELLED,
+                        ErrorCode.LIMIT_EXCEEDED,
+                        f"no complete request within {self._options.request_read_timeout} s",
+                    )
+                    done = True
+                    return
             if complete:
                 await self._answer(stream, request)
             done = True
@@ -483,14 +545,42 @@ class _H3Session:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
 
-    async def _read_request(self, stream: Stream, request: _Request) -> bool:
-        """Read the request to its end; False if it was abandoned (nothing to answer)."""
+    def _refuse(self, stream: Stream, h3_code: int, code: int, why: str) -> None:
+        """Reset both directions of a request stream whose request does not run."""
+        logger.info(
+            "HTTP/3 request stream %d from %s refused (%s): %s",
+            stream.stream_id,
+            self.connection.remote_address,
+            code_name(code),
+            why,
+        )
+        self.gateway.metrics.request_refused(code_name(code))
+        stream.reset(h3_code)
+        stream.stop_sending(h3_code)
+
+    def _uncount(self, request: _Request) -> None:
+        """A subscription, not a call: it stops counting against max_concurrent_calls."""
+        if request.counted:
+            request.counted = False
+            self._requests_open -= 1
+
+    async def _read_request(
+        self, stream: Stream, request: _Request, data: bytes | None = None
+    ) -> bool:
+        """Read the request to its end; False if it was abandoned (nothing to answer).
+
+        ``data``: what was already read of the stream (it did not make a whole
+        request on its own), if anything.
+        """
         stream_id = stream.stream_id
         quic = self._quic
         assert quic is not None
         eof = False
-        first = True
+        first = data is None
         try:
+            if data is not None:
+                eof = not data or stream.receive_finished
+                self._feed(stream_id, data, eof)
             while not request.ended:
                 if request.too_large:
                     # Stop reading; the answer says why.
@@ -667,6 +757,7 @@ class _H3Session:
                     )
                 if self._server._closing or self._goaway_sent:
                     raise _Reply(503, ErrorCode.UNAVAILABLE, "the server is shutting down")
+                self._uncount(request)
                 await self._subscribe(
                     stream, handler, path[len(_TOPICS_PREFIX) :], headers, request, request_id
                 )
@@ -822,10 +913,6 @@ class _H3Session:
                 ErrorCode.UNAVAILABLE,
                 "not idempotent: refused as 0-RTT early data",
                 details={"early_data": True},
-            )
-        if self._in_flight >= self._options.max_concurrent_calls:
-            raise _Reply(
-                429, ErrorCode.RESOURCE_EXHAUSTED, "too many concurrent calls on this connection"
             )
         request_type = mapping.normalise_media_type(headers.content_type)
         if request_type not in (None, mapping.MSGPACK, mapping.JSON):

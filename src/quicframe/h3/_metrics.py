@@ -76,6 +76,8 @@ class Metrics:
         self.calls: dict[tuple[str, str, int], int] = {}  # (opcode, code name, status)
         self.latency: dict[str, _Histogram] = {}  # opcode -> seconds
         self.requests: dict[tuple[str, int], int] = {}  # (route, status)
+        # Request streams reset before their request was read, by quicframe code.
+        self.refused: dict[str, int] = {}
         self.connections_open: dict[str, int] = {}
         self.connections_total: dict[str, int] = {}
         self.subscriptions = 0  # HTTP/3 subscriptions open now
@@ -102,6 +104,10 @@ class Metrics:
     def request_finished(self, route: str, status: int) -> None:
         key = (route, status)
         self.requests[key] = self.requests.get(key, 0) + 1
+
+    def request_refused(self, code: str) -> None:
+        """A request stream was reset unread (too many requests, or too slow)."""
+        self.refused[code] = self.refused.get(code, 0) + 1
 
     def subscription_opened(self, *, resumed: bool) -> None:
         """An HTTP/3 subscription started (``resumed``: it gave ``from_seq``)."""
@@ -163,6 +169,16 @@ class Metrics:
                 (f'route="{route}",status="{status}"', count)
                 for (route, status), count in sorted(self.requests.items())
             ),
+        )
+        _family(
+            out,
+            "quicframe_http3_requests_refused_total",
+            "counter",
+            "HTTP/3 request streams reset before their request was read, by quicframe "
+            "code: RESOURCE_EXHAUSTED (beyond max_concurrent_calls, H3_REQUEST_REJECTED) "
+            "and LIMIT_EXCEEDED (not complete within request_read_timeout, "
+            "H3_REQUEST_CANCELLED).",
+            ((f'code="{code}"', n) for code, n in sorted(self.refused.items())),
         )
         _family(
             out,
