@@ -3,7 +3,9 @@
 Every test runs on the in-memory fake network under ``autojump_clock``
 (deterministic, virtual time), has a deadline on trio's clock, and checks that a
 well-behaved client is served while the abuse goes on, not only that the abuser
-is stopped.  Replayed 0-RTT tickets are covered by
+is stopped.  Replayed 0-RTT is covered here by ``test_replay.py`` (a resuming
+client's recorded datagrams re-sent from another address) and, for a ticket used
+twice, by
 ``tests/transport/test_resumption.py::test_resumption_early_data_and_replay``.
 """
 
