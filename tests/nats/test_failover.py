@@ -18,6 +18,7 @@ import trio
 
 import quicframe
 from quicframe import ClientConfig, JetStreamBackbone, OrderAck, ServerConfig
+from quicframe.testing import ChaosProxy
 
 from .conftest import Edge, NatsServer
 from .test_jetstream import order, topic
@@ -28,6 +29,7 @@ POLICY = quicframe.ReconnectPolicy(max_retries=5, initial_backoff=0.05, max_back
 # then edge A goes while TOTAL - FIRST more are published.
 FIRST, STOP_AT, TOTAL, BATCH = 1500, 100, 2000, 50
 HISTORY = 100  # each edge's cache
+SILENT_IDLE_TIMEOUT = 1.0  # how soon a client gives up on an edge that went silent
 
 
 class DrainableEdge(Edge):
@@ -82,8 +84,14 @@ async def fail_over(
     name: str,
     *,
     goaway: bool,
+    silent: bool = False,
 ) -> Outcome:
-    """Subscribe on edge A, take it away after STOP_AT frames, read on up to TOTAL."""
+    """Subscribe on edge A, take it away after STOP_AT frames, read on up to TOTAL.
+
+    ``silent``: the client reaches edge A through a chaos proxy, which then drops
+    everything both ways, as a crashed host or a partition would: no
+    CONNECTION_CLOSE ever arrives, and the client finds out by its idle timeout.
+    """
     publisher = JetStreamBackbone(nats_server.url)
     backbone_a = JetStreamBackbone(nats_server.url, history=HISTORY)
     backbone_b = JetStreamBackbone(nats_server.url, history=HISTORY)
@@ -99,10 +107,15 @@ async def fail_over(
             trio.open_nursery() as nursery,
             drainable_edge(nursery, topic(name, backbone_a), server_config) as edge_a,
             drainable_edge(nursery, topic_b, server_config) as edge_b,
+            ChaosProxy((LOCAL, edge_a.port), seed=7) as proxy,
         ):
             config = dataclasses.replace(
                 client_config, addresses=[(LOCAL, edge_b.port)], reconnect=POLICY
             )
+            a_port = edge_a.port
+            if silent:
+                a_port = proxy.port
+                config.idle_timeout = SILENT_IDLE_TIMEOUT
             await publish(feed, 1, FIRST)
             await backbone_b.wait_for(topic_b, FIRST)
             gone = trio.Event()
@@ -115,11 +128,11 @@ async def fail_over(
                 await publish(feed, middle + 1, TOTAL)
 
             async with (
-                quicframe.connect(LOCAL, edge_a.port, config) as client,
+                quicframe.connect(LOCAL, a_port, config) as client,
                 # A small buffer keeps the client reading well behind the edge.
                 client.subscribe(name, from_seq=1, on_gap="error", buffer=16) as sub,
             ):
-                assert client.address == (LOCAL, edge_a.port)
+                assert client.address == (LOCAL, a_port)
                 nursery.start_soon(publish_on)
                 async for value in sub:
                     received.append(value)
@@ -128,6 +141,8 @@ async def fail_over(
                             # The start of a graceful shutdown with a long drain:
                             # A keeps serving, yet the subscription moves.
                             await edge_a.goaway(30.0)
+                        elif silent:
+                            proxy.blackhole(60.0)  # longer than the test
                         else:
                             last = sub.last_seq
                             assert last is not None
@@ -187,3 +202,16 @@ async def test_a_subscriber_moves_to_edge_b_when_edge_a_sends_goaway(
     assert outcome.client.reconnect_failures == 0
     # The subscription left edge A while A was still serving it.
     assert outcome.a_still_serving
+
+
+async def test_a_subscriber_moves_to_edge_b_when_edge_a_goes_silent(
+    nats_server: NatsServer, server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    # A crash of A's host, or a partition: nothing more from A, not even a
+    # CONNECTION_CLOSE. The client's idle timeout ends the connection, and the
+    # subscription resumes on B as after a kill.
+    outcome = await fail_over(
+        nats_server, server_config, client_config, "t.failover-silent", goaway=False, silent=True
+    )
+    check_resumed_on_b(outcome)
+    assert outcome.client.reconnect_failures == 0
