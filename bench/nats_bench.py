@@ -86,7 +86,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import trio
-from pubsub_bench import client_config, free_tcp_port, launch, tick_pool
+from pubsub_bench import free_tcp_port, launch, open_subscribers, tick_pool
 from transport_bench import (
     MAX_DATA,
     Children,
@@ -240,7 +240,6 @@ async def publisher_main(url: str) -> None:
 async def client_main(
     port: int, subscribers: int, connections: int, n: int, ready: Path, limit: float
 ) -> None:
-    import quicframe
 
     last_ns = [0] * subscribers
     received = [0] * subscribers
@@ -249,18 +248,7 @@ async def client_main(
     stride = max(1, subscribers * n // SAMPLES_PER_CLIENT)
     clock = time.time_ns
     async with contextlib.AsyncExitStack() as stack:
-        clients = [
-            await stack.enter_async_context(
-                quicframe.connect(HOST, port, client_config(), heartbeat=False)
-            )
-            for _ in range(connections)
-        ]
-        subs = [
-            await stack.enter_async_context(
-                clients[i % connections].subscribe(TOPIC, snapshot=False)
-            )
-            for i in range(subscribers)
-        ]
+        _, subs = await open_subscribers(stack, port, TOPIC, subscribers, connections)
 
         async def consume(index: int, sub: Any) -> None:
             expect = sub.subscribed.head + 1

@@ -342,27 +342,35 @@ async def run_single(port: int, n: int, limit: float) -> dict[str, Any]:
     }
 
 
+async def open_subscribers(
+    stack: contextlib.AsyncExitStack, port: int, topic: str, subscribers: int, connections: int
+) -> tuple[list[Any], list[Any]]:
+    """``connections`` clients and ``subscribers`` subscriptions to ``topic`` spread
+    over them (no snapshot), closed with ``stack``."""
+    import quicframe
+
+    clients = [
+        await stack.enter_async_context(
+            quicframe.connect(HOST, port, client_config(), heartbeat=False)
+        )
+        for _ in range(connections)
+    ]
+    subs = [
+        await stack.enter_async_context(clients[i % connections].subscribe(topic, snapshot=False))
+        for i in range(subscribers)
+    ]
+    return clients, subs
+
+
 async def run_fanout(
     port: int, n: int, subscribers: int, connections: int, limit: float
 ) -> dict[str, Any]:
-    import quicframe
 
     received = [0] * subscribers
     finished = [0] * subscribers
     in_order = [True] * subscribers
     async with contextlib.AsyncExitStack() as stack:
-        clients = [
-            await stack.enter_async_context(
-                quicframe.connect(HOST, port, client_config(), heartbeat=False)
-            )
-            for _ in range(connections)
-        ]
-        subs = [
-            await stack.enter_async_context(
-                clients[i % connections].subscribe(BLOCK_TOPIC, snapshot=False)
-            )
-            for i in range(subscribers)
-        ]
+        clients, subs = await open_subscribers(stack, port, BLOCK_TOPIC, subscribers, connections)
 
         async def consume(index: int, sub: Any) -> None:
             expect = sub.subscribed.head + 1
