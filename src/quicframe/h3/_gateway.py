@@ -27,6 +27,7 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import pylsqpack
@@ -191,7 +192,6 @@ class _Reply(Exception):
         self.detail = detail
         self.headers = headers or []
         self.details = details
-        self.opcode_label: str | None = None
 
 
 @dataclass(slots=True)
@@ -206,6 +206,26 @@ class _Request:
     direct: bool = False
     # Counted against max_concurrent_calls (a subscription stops counting).
     counted: bool = True
+    # The headers already parsed (a request read by _read_whole), if so.
+    parsed: mapping.RequestHeaders | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    """What a static-only QPACK header block says, worked out once per distinct block."""
+
+    headers: list[tuple[bytes, bytes]]
+    # The content-length it announces, or -1 for none.
+    content_length: int
+    # Its fields as the gateway reads them, or None if they do not parse (the
+    # request is then parsed again, and answered 400, by _answer).
+    parsed: mapping.RequestHeaders | None
+
+
+# Distinct header blocks the gateway remembers (no longer than _BLOCK_BYTES);
+# when full it starts over.  Clients repeat a few blocks: one per kind of call.
+_BLOCKS_KEPT: Final = 256
+_BLOCK_BYTES: Final = 512
 
 
 class Gateway:
@@ -233,6 +253,9 @@ class Gateway:
             self.subscription_handler = serve_topic
         self._sessions: set[_H3Session] = set()
         self._subscriptions: set[SubscriptionDriver] = set()
+        # Header blocks that need no dynamic table decode to the same fields
+        # whoever sends them: block -> what reading it found (see _read_whole).
+        self._blocks: dict[bytes, _Block] = {}
 
     @property
     def connections(self) -> list[Connection]:
@@ -446,12 +469,6 @@ class _H3Session:
 
     # -- streams ----------------------------------------------------------------------
 
-    async def _serve_stream(self, stream: Stream) -> None:
-        if stream.stream_id & 2:
-            await self._read_unidirectional(stream)
-        else:
-            await self._serve_request(stream)
-
     async def _read_unidirectional(self, stream: Stream) -> None:
         stream_id = stream.stream_id
         try:
@@ -465,7 +482,12 @@ class _H3Session:
         except TERMINAL_ERRORS:
             return
 
-    async def _serve_request(self, stream: Stream) -> None:
+    async def _serve_stream(self, stream: Stream) -> None:
+        """Serve one stream the client opened: a unidirectional stream is fed
+        to H3Connection; a request stream is read, answered and closed."""
+        if stream.stream_id & 2:
+            await self._read_unidirectional(stream)
+            return
         # A request counts against max_concurrent_calls from its stream's first
         # byte (the stream task starts once that arrived) until it is answered,
         # as a native call does; a subscription stops counting once its headers
@@ -486,64 +508,58 @@ class _H3Session:
                     "too many concurrent requests on this connection",
                 )
                 return
-            await self._serve_counted(stream, request)
+            quic.attach(stream)
+            self._requests[stream_id] = request
+            done = False
+            try:
+                data: bytes | None = None
+                complete = False
+                if stream._receive_eof:
+                    # The FIN is in, so the whole request is buffered and reading it
+                    # cannot wait: the common case, a request whose bytes came in
+                    # one piece, is taken without a timeout scope.
+                    data = await stream.receive_some()
+                    complete = (
+                        bool(data)
+                        and stream.receive_finished
+                        and self._read_whole(stream_id, data, request)
+                    )
+                if not complete:
+                    timed_out = True
+                    with trio.move_on_after(self._options.request_read_timeout):
+                        complete = await self._read_request(stream, request, data)
+                        timed_out = False
+                    if timed_out:
+                        # Headers or body trickled in too slowly, or never ended (or
+                        # the header block waited for QPACK instructions that never
+                        # came): the request is let go without running.  Detached
+                        # first, so that H3Connection, told to forget the stream,
+                        # resets nothing itself (it would say H3_REQUEST_INCOMPLETE).
+                        quic.detach(stream_id)
+                        self._feed_reset(stream_id, H3ErrorCode.H3_REQUEST_CANCELLED)
+                        self._forget_stream(stream_id)
+                        self._refuse(
+                            stream,
+                            H3ErrorCode.H3_REQUEST_CANCELLED,
+                            ErrorCode.LIMIT_EXCEEDED,
+                            f"no complete request within {self._options.request_read_timeout} s",
+                        )
+                        done = True
+                        return
+                if complete:
+                    await self._answer(stream, request)
+                done = True
+            except TERMINAL_ERRORS:
+                pass  # the client or the connection went away: nobody to answer
+            finally:
+                del self._requests[stream_id]
+                quic.detach(stream_id)
+                if not done:
+                    with trio.CancelScope(shield=True):
+                        await stream.aclose()
         finally:
             if request.counted:
                 self._requests_open -= 1
-
-    async def _serve_counted(self, stream: Stream, request: _Request) -> None:
-        stream_id = stream.stream_id
-        quic = self._quic
-        assert quic is not None
-        quic.attach(stream)
-        self._requests[stream_id] = request
-        done = False
-        try:
-            data: bytes | None = None
-            complete = False
-            if stream._receive_eof:
-                # The FIN is in, so the whole request is buffered and reading it
-                # cannot wait: the common case, a request whose bytes came in
-                # one piece, is taken without a timeout scope.
-                data = await stream.receive_some()
-                complete = (
-                    bool(data)
-                    and stream.receive_finished
-                    and self._read_whole(stream_id, data, request)
-                )
-            if not complete:
-                timed_out = True
-                with trio.move_on_after(self._options.request_read_timeout):
-                    complete = await self._read_request(stream, request, data)
-                    timed_out = False
-                if timed_out:
-                    # Headers or body trickled in too slowly, or never ended (or
-                    # the header block waited for QPACK instructions that never
-                    # came): the request is let go without running.  Detached
-                    # first, so that H3Connection, told to forget the stream,
-                    # resets nothing itself (it would say H3_REQUEST_INCOMPLETE).
-                    quic.detach(stream_id)
-                    self._feed_reset(stream_id, H3ErrorCode.H3_REQUEST_CANCELLED)
-                    self._forget_stream(stream_id)
-                    self._refuse(
-                        stream,
-                        H3ErrorCode.H3_REQUEST_CANCELLED,
-                        ErrorCode.LIMIT_EXCEEDED,
-                        f"no complete request within {self._options.request_read_timeout} s",
-                    )
-                    done = True
-                    return
-            if complete:
-                await self._answer(stream, request)
-            done = True
-        except TERMINAL_ERRORS:
-            pass  # the client or the connection went away: nobody to answer
-        finally:
-            del self._requests[stream_id]
-            quic.detach(stream_id)
-            if not done:
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
 
     def _refuse(self, stream: Stream, h3_code: int, code: int, why: str) -> None:
         """Reset both directions of a request stream whose request does not run."""
@@ -642,13 +658,29 @@ class _H3Session:
                     body += buf.pull_bytes(buf.pull_uint_var())
         except BufferReadError:
             return False
-        try:
-            _, headers = self._decoder.feed_header(stream_id, block)
-        except (pylsqpack.DecompressionFailed, pylsqpack.StreamBlocked):
+        blocks = self.gateway._blocks
+        known = blocks.get(block)
+        if known is None:
+            try:
+                _, headers = self._decoder.feed_header(stream_id, block)
+            except (pylsqpack.DecompressionFailed, pylsqpack.StreamBlocked):
+                return False
+            content_length = _plain_content_length(headers)
+            if content_length is None:
+                return False
+            try:
+                parsed = mapping.parse_request_headers(headers)
+            except mapping.BadHeader:
+                parsed = None
+            known = _Block(headers, content_length, parsed)
+            if len(block) <= _BLOCK_BYTES:
+                if len(blocks) >= _BLOCKS_KEPT:
+                    blocks.clear()  # a client cycling header blocks: start over
+                blocks[block] = known
+        if known.content_length >= 0 and known.content_length != len(body):
             return False
-        if not _plainly_valid(headers, len(body)):
-            return False
-        request.headers = headers
+        request.headers = known.headers
+        request.parsed = known.parsed
         request.direct = True
         request.ended = True
         if len(body) > self._options.max_frame_size:
@@ -699,11 +731,14 @@ class _H3Session:
         request_id: str | None = None
         route_label = "other"
         instance: str | None = None
+        opcode_label = "unknown"
         try:
-            try:
-                headers = mapping.parse_request_headers(request.headers)
-            except mapping.BadHeader as exc:
-                raise _Reply(400, ErrorCode.INVALID_ARGUMENT, str(exc)) from None
+            headers = request.parsed
+            if headers is None:
+                try:
+                    headers = mapping.parse_request_headers(request.headers)
+                except mapping.BadHeader as exc:
+                    raise _Reply(400, ErrorCode.INVALID_ARGUMENT, str(exc)) from None
             request_id = headers.request_id or self._server._new_request_id()
             path, method = headers.path, headers.method
             instance = path
@@ -716,8 +751,23 @@ class _H3Session:
                         "calls are POST requests",
                         [(b"allow", b"POST")],
                     )
+                router = self._router
+                opcode_text = path[len(_RPC_PREFIX) :]
+                opcode = mapping.parse_opcode(opcode_text)
+                if opcode is None:
+                    opcode = _opcode_named(router, opcode_text)
+                route = None if opcode is None else router.route(opcode)
+                if route is not None:
+                    opcode_label = f"0x{route.opcode:04x}"
                 await self._call(
-                    stream, request, headers, path[len(_RPC_PREFIX) :], request_id, received_at
+                    stream,
+                    request,
+                    headers,
+                    opcode_text,
+                    request_id,
+                    received_at,
+                    route,
+                    opcode_label,
                 )
                 return
             if path == "/healthz":
@@ -766,7 +816,7 @@ class _H3Session:
         except _Reply as reply:
             if route_label == "rpc":
                 self.gateway.metrics.call_finished(
-                    reply.opcode_label or "unknown",
+                    opcode_label,
                     code_name(reply.code),
                     reply.status,
                     trio.current_time() - received_at,
@@ -857,34 +907,11 @@ class _H3Session:
         opcode_text: str,
         request_id: str,
         received_at: float,
-    ) -> None:
-        router = self._router
-        opcode = mapping.parse_opcode(opcode_text)
-        if opcode is None:
-            opcode = _opcode_named(router, opcode_text)
-        route = None if opcode is None else router.route(opcode)
-        opcode_label = "unknown" if route is None else f"0x{route.opcode:04x}"
-        try:
-            await self._check_and_run(
-                stream, request, headers, opcode_text, request_id, received_at, route, opcode_label
-            )
-        except _Reply as reply:
-            reply.opcode_label = opcode_label
-            raise
-
-    async def _check_and_run(
-        self,
-        stream: Stream,
-        request: _Request,
-        headers: mapping.RequestHeaders,
-        opcode_text: str,
-        request_id: str,
-        received_at: float,
         route: Route | None,
         opcode_label: str,
     ) -> None:
+        """Check a call and run it: the answer is sent, or a _Reply raised."""
         server = self._server
-        log_extra = {"request_id": request_id, "opcode": opcode_text}
         if request.too_large:
             raise _Reply(
                 413,
@@ -894,7 +921,10 @@ class _H3Session:
         body = bytes(request.body)
         if not mapping.digest_matches(body, headers.payload_sha256):
             logger.warning(
-                "call %s (%s): payload digest mismatch", request_id, opcode_text, extra=log_extra
+                "call %s (%s): payload digest mismatch",
+                request_id,
+                opcode_text,
+                extra={"request_id": request_id, "opcode": opcode_text},
             )
             raise _Reply(
                 400, ErrorCode.INTEGRITY_MISMATCH, "the body does not match x-payload-sha256"
@@ -978,7 +1008,75 @@ class _H3Session:
             route_name=route.name,
         )
         ctx.state["protocol"] = "h3"
-        await self._run_handler(stream, route, ctx, value, response_type, opcode_label, log_extra)
+        pipeline = self._router.pipeline(route)
+        result, error, cancelled = await run_call(
+            stream,
+            ctx,
+            route.name,
+            lambda: pipeline(ctx, value),
+            self,
+            server,
+            lambda: {"request_id": request_id, "opcode": opcode_text},
+        )
+        metrics = self.gateway.metrics
+        if cancelled:
+            logger.debug(
+                "call %s cancelled by the client",
+                ctx.request_id,
+                extra={"request_id": request_id, "opcode": opcode_text},
+            )
+            metrics.call_finished(
+                opcode_label, "CANCELLED", 499, trio.current_time() - ctx.received_at
+            )
+            metrics.request_finished("rpc", 499)
+            stream.reset(H3ErrorCode.H3_REQUEST_CANCELLED)
+            return
+        if error is None:
+            try:
+                body = mapping.encode_body(route.response_codec.encode(result), response_type)
+            except LocalProtocolError as exc:
+                logger.error(
+                    "call %s: cannot send the response: %s",
+                    ctx.request_id,
+                    exc,
+                    extra={"request_id": request_id, "opcode": opcode_text},
+                )
+                error = (ErrorCode.INTERNAL, f"the response cannot be sent: {exc.message}", {})
+            else:
+                metrics.call_finished(
+                    opcode_label, "OK", 200, trio.current_time() - ctx.received_at
+                )
+                extra_headers = []
+                if ctx.metadata.payload_sha256 is not None:
+                    digest = hashlib.sha256(body).hexdigest().encode()
+                    extra_headers.append((b"x-payload-sha256", digest))
+                rest = self._respond_now(
+                    stream,
+                    200,
+                    body,
+                    response_type.encode(),
+                    request_id,
+                    "rpc",
+                    extra_headers,
+                )
+                if rest is not None:
+                    await self._send_rest(stream, rest)
+                return
+        code, message, details = error
+        status = mapping.http_status(code)
+        metrics.call_finished(
+            opcode_label, code_name(code), status, trio.current_time() - ctx.received_at
+        )
+        await self._respond_problem(
+            stream,
+            status,
+            code,
+            message,
+            ctx.request_id,
+            "rpc",
+            instance=f"{_RPC_PREFIX}{opcode_label}",
+            details=details,
+        )
 
     async def _authenticate(self, authorization: str | None) -> str | None:
         authenticator = self._options.authenticator
@@ -1013,78 +1111,6 @@ class _H3Session:
         self._principals[authorization] = principal
         return principal
 
-    async def _run_handler(
-        self,
-        stream: Stream,
-        route: Route,
-        ctx: CallContext,
-        value: Any,
-        response_type: str,
-        opcode_label: str,
-        log_extra: dict[str, Any],
-    ) -> None:
-        server = self._server
-        pipeline = self._router.pipeline(route)
-        result, error, cancelled = await run_call(
-            stream,
-            ctx,
-            route.name,
-            lambda: pipeline(ctx, value),
-            self,
-            server,
-            lambda: log_extra,
-        )
-        metrics = self.gateway.metrics
-        if cancelled:
-            logger.debug("call %s cancelled by the client", ctx.request_id, extra=log_extra)
-            metrics.call_finished(
-                opcode_label, "CANCELLED", 499, trio.current_time() - ctx.received_at
-            )
-            metrics.request_finished("rpc", 499)
-            stream.reset(H3ErrorCode.H3_REQUEST_CANCELLED)
-            return
-        if error is None:
-            try:
-                body = mapping.encode_body(route.response_codec.encode(result), response_type)
-            except LocalProtocolError as exc:
-                logger.error(
-                    "call %s: cannot send the response: %s", ctx.request_id, exc, extra=log_extra
-                )
-                error = (ErrorCode.INTERNAL, f"the response cannot be sent: {exc.message}", {})
-            else:
-                metrics.call_finished(
-                    opcode_label, "OK", 200, trio.current_time() - ctx.received_at
-                )
-                extra_headers = []
-                if ctx.metadata.payload_sha256 is not None:
-                    digest = hashlib.sha256(body).hexdigest().encode()
-                    extra_headers.append((b"x-payload-sha256", digest))
-                await self._respond(
-                    stream,
-                    200,
-                    body,
-                    response_type.encode(),
-                    ctx.request_id,
-                    "rpc",
-                    extra_headers,
-                )
-                return
-        code, message, details = error
-        status = mapping.http_status(code)
-        metrics.call_finished(
-            opcode_label, code_name(code), status, trio.current_time() - ctx.received_at
-        )
-        await self._respond_problem(
-            stream,
-            status,
-            code,
-            message,
-            ctx.request_id,
-            "rpc",
-            instance=f"{_RPC_PREFIX}{opcode_label}",
-            details=details,
-        )
-
     async def _respond_problem(
         self,
         stream: Stream,
@@ -1116,6 +1142,24 @@ class _H3Session:
         route_label: str,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
+        rest = self._respond_now(
+            stream, status, body, content_type, request_id, route_label, extra_headers
+        )
+        if rest is not None:
+            await self._send_rest(stream, rest)
+
+    def _respond_now(
+        self,
+        stream: Stream,
+        status: int,
+        body: bytes,
+        content_type: bytes,
+        request_id: str | None,
+        route_label: str,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> bytes | None:
+        """Queue a whole response and its FIN without waiting, if the stream
+        takes it; otherwise return the bytes for :meth:`_send_rest` to send."""
         quic = self._quic
         assert quic is not None
         stream_id = stream.stream_id
@@ -1130,7 +1174,7 @@ class _H3Session:
             headers.extend(extra_headers)
         self.gateway.metrics.request_finished(route_label, status)
         if not quic.is_attached(stream_id):
-            return
+            return None
         if self._is_direct(stream_id):
             data = encode_frame(FrameType.HEADERS, self._encode(stream_id, headers))
             if body:
@@ -1142,13 +1186,26 @@ class _H3Session:
                 self._h3.send_data(stream_id, body, end_stream=True)
             data, _ = quic.take(stream_id)
             if not data:
-                return
+                return None
+        try:
+            # The response and its FIN are queued without send_eof's checkpoint
+            # (as the native server does): the request's task ends right
+            # after, and that round would only delay its end.
+            stream.send_nowait(data, eof=True)
+        except trio.WouldBlock:
+            return data  # over the high-water mark: sent by _send_rest
+        except TERMINAL_ERRORS:
+            self._forget_stream(stream_id)
+            raise
+        return None
+
+    async def _send_rest(self, stream: Stream, data: bytes) -> None:
         try:
             await send_with_fin(stream, data)
         except TERMINAL_ERRORS:
             # The client stopped reading (STOP_SENDING) or left: tell H3Connection
             # the send side is over so it forgets the stream.
-            self._forget_stream(stream_id)
+            self._forget_stream(stream.stream_id)
             raise
 
 
@@ -1178,8 +1235,13 @@ def enable_http3(
 # What _plainly_valid accepts: a header name of visible ASCII without upper case,
 # a colon only first; a value without NUL, CR or LF that neither starts nor ends
 # with a space or a tab (RFC 9114 section 4.2, RFC 9113 section 8.2.1).
-_PLAIN_NAME: Final = re.compile(rb":?[\x21-\x39\x3b-\x40\x5b-\x7e]+")
-_PLAIN_VALUE: Final = re.compile(rb"(?:[^\x00\n\r\t ](?:[^\x00\n\r]*[^\x00\n\r\t ])?)?")
+_PLAIN_NAME: Final = rb":?[\x21-\x39\x3b-\x40\x5b-\x7e]+"
+_PLAIN_VALUE: Final = rb"(?:[^\x00\n\r\t ](?:[^\x00\n\r]*[^\x00\n\r\t ])?)?"
+# Every name and value of a header list at once, joined with NUL (which neither
+# may hold, so the pieces cannot be read any other way): one match per request.
+_PLAIN_FIELDS: Final = re.compile(
+    rb"%s\x00%s(?:\x00%s\x00%s)*" % (_PLAIN_NAME, _PLAIN_VALUE, _PLAIN_NAME, _PLAIN_VALUE)
+)
 _REQUEST_PSEUDO: Final = frozenset((b":method", b":scheme", b":authority", b":path"))
 
 
@@ -1192,29 +1254,36 @@ def _plainly_valid(headers: list[tuple[bytes, bytes]], body_length: int) -> bool
     ``te``, several content-lengths, anything malformed) goes to H3Connection,
     which then decides as it always did.
     """
+    content_length = _plain_content_length(headers)
+    return content_length is not None and (content_length < 0 or content_length == body_length)
+
+
+def _plain_content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The content-length of a request :func:`_plainly_valid` may accept (-1
+    for none), or None if it certainly does not accept it."""
+    if _PLAIN_FIELDS.fullmatch(b"\x00".join(chain.from_iterable(headers))) is None:
+        return None
     pseudo: dict[bytes, bytes] = {}
     regular = False
     content_length = -1
     for name, value in headers:
-        if _PLAIN_NAME.fullmatch(name) is None or _PLAIN_VALUE.fullmatch(value) is None:
-            return False
         if name[0] == 0x3A:  # ":": a pseudo-header, before the others, once
             if regular or name not in _REQUEST_PSEUDO or name in pseudo:
-                return False
+                return None
             pseudo[name] = value
             continue
         regular = True
         if name == b"content-length":
             if content_length >= 0 or not value.isdigit():
-                return False
+                return None
             content_length = int(value)
         elif name == b"te" or name in CONNECTION_SPECIFIC_HEADERS:
-            return False
+            return None
     if b":method" not in pseudo or not pseudo.get(b":authority"):
-        return False
+        return None
     if pseudo.get(b":scheme") in (b"http", b"https") and not pseudo.get(b":path"):
-        return False
-    return content_length < 0 or content_length == body_length
+        return None
+    return content_length
 
 
 def _opcode_named(router: Router, name: str) -> int | None:

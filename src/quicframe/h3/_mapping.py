@@ -212,30 +212,47 @@ def parse_request_headers(headers: Iterable[tuple[bytes, bytes]]) -> RequestHead
         b"\n".join(found.values()).decode("utf-8")
     except UnicodeDecodeError:
         raise BadHeader("header values must be UTF-8") from None
-
-    def text(name: bytes) -> str | None:
-        value = found.get(name)
-        return None if value is None else value.decode("utf-8").strip()
-
-    path, _, query = (text(b":path") or "").partition("?")
-    content_type = text(b"content-type")
-    if content_type is not None:
-        content_type = content_type.split(";", 1)[0].strip().lower() or None
-    request_id = text(b"x-request-id")
-    if request_id is not None and not 1 <= len(request_id.encode()) <= _MAX_REQUEST_ID:
-        raise BadHeader(f"x-request-id must be 1 to {_MAX_REQUEST_ID} bytes")
+    # Each header's text (decoded, stripped), or None when absent.  Spelled out
+    # rather than through a helper: this runs once per request.
+    get = found.get
+    raw = get(b":path")
+    path, _, query = (raw.decode().strip() if raw is not None else "").partition("?")
+    raw = get(b":method")
+    method = raw.decode().strip() if raw is not None else ""
+    raw = get(b"content-type")
+    content_type: str | None = None
+    if raw is not None:
+        content_type = raw.decode().split(";", 1)[0].strip().lower() or None
+    raw = get(b"x-request-id")
+    request_id: str | None = None
+    if raw is not None:
+        request_id = raw.decode().strip()
+        if not 1 <= len(request_id.encode()) <= _MAX_REQUEST_ID:
+            raise BadHeader(f"x-request-id must be 1 to {_MAX_REQUEST_ID} bytes")
+    raw = get(b"accept")
+    accept = raw.decode().strip() if raw is not None else None
+    raw = get(b"x-sla-level")
+    sla_class = _parse_sla(raw.decode().strip()) if raw is not None else None
+    raw = get(b"x-payload-sha256")
+    digest = _parse_digest(raw.decode().strip()) if raw is not None else None
+    raw = get(b"x-deadline-ms")
+    deadline_ms = _parse_deadline(raw.decode().strip()) if raw is not None else None
+    raw = get(b"authorization")
+    authorization = raw.decode().strip() if raw is not None else None
+    raw = get(b"traceparent")
+    traceparent = raw.decode().strip() if raw is not None else None
     return RequestHeaders(
-        method=text(b":method") or "",
-        path=path,
-        query=query,
-        content_type=content_type,
-        accept=text(b"accept"),
-        request_id=request_id,
-        sla_class=_parse_sla(text(b"x-sla-level")),
-        payload_sha256=_parse_digest(text(b"x-payload-sha256")),
-        deadline_ms=_parse_deadline(text(b"x-deadline-ms")),
-        authorization=text(b"authorization"),
-        traceparent=text(b"traceparent"),
+        method,
+        path,
+        query,
+        content_type,
+        accept,
+        request_id,
+        sla_class,
+        digest,
+        deadline_ms,
+        authorization,
+        traceparent,
     )
 
 
