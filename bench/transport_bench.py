@@ -334,12 +334,17 @@ async def serve_bench_stream(stream: Stream) -> None:
 
 
 async def send_with_fin(stream: Stream, data: bytes) -> None:
-    """Queue ``data`` and the FIN together, so they leave in one packet."""
+    """Queue ``data`` and the FIN together, so they leave in one packet.
+
+    In one synchronous step when the stream takes it (``send_nowait(eof=True)``),
+    as the session layer sends requests and replies: the read that follows, or
+    the end of the task, comes without a scheduling round in between.
+    """
     try:
-        stream.send_nowait(data)
+        stream.send_nowait(data, eof=True)
     except trio.WouldBlock:
         await stream.send_all(data)
-    await stream.send_eof()
+        await stream.send_eof()
 
 
 async def read_at_least(stream: Stream, buffer: bytearray, size: int) -> None:
