@@ -514,13 +514,7 @@ class Client:
                 trace_context=ctx.trace_context,
                 max_frame_size=link.peer_max_frame_size,
             )
-            try:
-                # REQUEST and FIN are queued without send_eof's checkpoint: the
-                # read that follows is the call's checkpoint (a cancelled caller
-                # stops there), and a round between the two would gain nothing.
-                stream.send_nowait(frame, eof=True)
-            except trio.WouldBlock:
-                await send_with_fin(stream, frame)
+            await send_with_fin(stream, frame)
             answer = await read_one_frame(stream, self._max_frame_size)
             reply = reply_frame_untrusted(answer, opcode)
             code = ErrorCode.NO_ERROR

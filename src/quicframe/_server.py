@@ -739,13 +739,7 @@ class _Session:
                 error = (ErrorCode.INTERNAL, f"the response cannot be sent: {exc.message}", {})
             else:
                 server._completed += 1
-                try:
-                    # The reply and its FIN are queued without the checkpoint of
-                    # send_eof: the task ends here, and that round would only
-                    # delay its end (receive_some was this call's checkpoint).
-                    stream.send_nowait(reply, eof=True)
-                except trio.WouldBlock:
-                    await send_with_fin(stream, reply)
+                await send_with_fin(stream, reply)
                 return
         await self._fail(stream, opcode, request_id, *error)
 

@@ -47,16 +47,17 @@ async def read_one_frame(stream: Stream, max_frame_size: int, first: bytes | Non
 async def send_with_fin(stream: Stream, data: bytes) -> None:
     """Write ``data`` and FIN so that both reach the core in one step.
 
-    ``send_all`` yields after queueing, which can let the driver flush the data
-    before the FIN is queued, costing the peer a second packet (and a call a
-    second wait).  ``send_nowait`` queues without yielding; it only refuses when
-    the stream is already over its high-water mark.
+    When the stream is under its high-water mark (always, for a request or a
+    reply on a fresh stream), both are queued synchronously, with no scheduling
+    round: the caller's next await (the read of the reply, or the end of its
+    task) is its checkpoint, and a round in between would only delay it.  Over
+    the mark, it waits for room like ``send_all`` and then sends the FIN.
     """
     try:
-        stream.send_nowait(data)
+        stream.send_nowait(data, eof=True)
     except trio.WouldBlock:
         await stream.send_all(data)
-    await stream.send_eof()
+        await stream.send_eof()
 
 
 @contextlib.contextmanager

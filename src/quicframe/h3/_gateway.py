@@ -1050,7 +1050,7 @@ class _H3Session:
                 if ctx.metadata.payload_sha256 is not None:
                     digest = hashlib.sha256(body).hexdigest().encode()
                     extra_headers.append((b"x-payload-sha256", digest))
-                rest = self._respond_now(
+                await self._respond(
                     stream,
                     200,
                     body,
@@ -1059,8 +1059,6 @@ class _H3Session:
                     "rpc",
                     extra_headers,
                 )
-                if rest is not None:
-                    await self._send_rest(stream, rest)
                 return
         code, message, details = error
         status = mapping.http_status(code)
@@ -1142,13 +1140,20 @@ class _H3Session:
         route_label: str,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
-        rest = self._respond_now(
+        data = self._response_bytes(
             stream, status, body, content_type, request_id, route_label, extra_headers
         )
-        if rest is not None:
-            await self._send_rest(stream, rest)
+        if data is None:
+            return
+        try:
+            await send_with_fin(stream, data)
+        except TERMINAL_ERRORS:
+            # The client stopped reading (STOP_SENDING) or left: tell H3Connection
+            # the send side is over so it forgets the stream.
+            self._forget_stream(stream.stream_id)
+            raise
 
-    def _respond_now(
+    def _response_bytes(
         self,
         stream: Stream,
         status: int,
@@ -1158,8 +1163,8 @@ class _H3Session:
         route_label: str,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> bytes | None:
-        """Queue a whole response and its FIN without waiting, if the stream
-        takes it; otherwise return the bytes for :meth:`_send_rest` to send."""
+        """The response's HTTP/3 bytes, counted in the metrics (None: nothing to
+        send, because the stream was detached or H3Connection produced no bytes)."""
         quic = self._quic
         assert quic is not None
         stream_id = stream.stream_id
@@ -1187,26 +1192,7 @@ class _H3Session:
             data, _ = quic.take(stream_id)
             if not data:
                 return None
-        try:
-            # The response and its FIN are queued without send_eof's checkpoint
-            # (as the native server does): the request's task ends right
-            # after, and that round would only delay its end.
-            stream.send_nowait(data, eof=True)
-        except trio.WouldBlock:
-            return data  # over the high-water mark: sent by _send_rest
-        except TERMINAL_ERRORS:
-            self._forget_stream(stream_id)
-            raise
-        return None
-
-    async def _send_rest(self, stream: Stream, data: bytes) -> None:
-        try:
-            await send_with_fin(stream, data)
-        except TERMINAL_ERRORS:
-            # The client stopped reading (STOP_SENDING) or left: tell H3Connection
-            # the send side is over so it forgets the stream.
-            self._forget_stream(stream.stream_id)
-            raise
+        return data
 
 
 def gateway_of(server: Server) -> Gateway:
