@@ -27,8 +27,8 @@ from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, Stream
 
 import quicframe
 from quicframe import ServerConfig
-from quicframe.testing import write_self_signed_certificate
 
+from ..conftest import CertFiles
 from ..session.conftest import deadline
 
 __all__ = ["H3Client", "Response", "deadline", "h3_client", "open_gateway"]
@@ -41,8 +41,9 @@ class Certificate:
 
 
 @pytest.fixture(scope="session")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
-    return Certificate(*write_self_signed_certificate(tmp_path_factory.mktemp("h3certs")))
+def certificate(cert_files: CertFiles) -> Certificate:
+    """The session's certificate (tests/conftest.py), under the names these tests use."""
+    return Certificate(cert_files.certificate, cert_files.private_key)
 
 
 @pytest.fixture

@@ -29,7 +29,8 @@ import trio
 
 import quicframe
 from quicframe import ClientConfig, ServerConfig
-from quicframe.testing import write_self_signed_certificate
+
+from ..conftest import CertFiles
 
 _READY_TIMEOUT = 30.0
 
@@ -155,28 +156,21 @@ def own_nats_server(tmp_path: Path) -> Iterator[RestartableNatsServer]:
         server.stop()
 
 
-@dataclass(frozen=True)
-class Certificate:
-    path: Path
-    key_path: Path
-
-
-@pytest.fixture(scope="session")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
-    return Certificate(*write_self_signed_certificate(tmp_path_factory.mktemp("nats-certs")))
-
-
 @pytest.fixture
-def server_config(certificate: Certificate) -> ServerConfig:
+def server_config(cert_files: CertFiles) -> ServerConfig:
+    """On aioquic only: the scale-out tests are not about the QUIC core."""
     return ServerConfig(
-        certificate=certificate.path, private_key=certificate.key_path, idle_timeout=10.0
+        certificate=cert_files.certificate, private_key=cert_files.private_key, idle_timeout=10.0
     )
 
 
 @pytest.fixture
-def client_config(certificate: Certificate) -> ClientConfig:
+def client_config(cert_files: CertFiles) -> ClientConfig:
     return ClientConfig(
-        ca_file=certificate.path, server_name="localhost", idle_timeout=10.0, handshake_timeout=5.0
+        ca_file=cert_files.certificate,
+        server_name="localhost",
+        idle_timeout=10.0,
+        handshake_timeout=5.0,
     )
 
 
