@@ -1004,16 +1004,9 @@ class Connection:
         self._wake_everyone()
 
     def _on_terminated(self, event: Any) -> None:
-        is_transport = event.frame_type is not None
+        # A close by the peer was reported when it arrived (_report_peer_close).
         if self._peer_closed:
-            self._set_closed(
-                ConnectionClosed,
-                message="the peer closed the connection",
-                code=event.error_code,
-                reason=event.reason_phrase,
-                by_peer=True,
-                is_transport=is_transport,
-            )
+            pass
         elif self._core.is_idle_termination(event):
             self._set_closed(
                 IdleTimeout,
@@ -1030,7 +1023,7 @@ class Connection:
                 code=event.error_code,
                 reason=event.reason_phrase,
                 by_peer=False,
-                is_transport=is_transport,
+                is_transport=event.frame_type is not None,
             )
         self._terminated.set()
         self._wake_everyone()
