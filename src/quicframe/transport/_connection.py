@@ -1031,10 +1031,11 @@ class Connection:
     def _wake_send_waiters(self) -> None:
         if not self._send_waiters:
             return
-        high_water = self._stream_high_water_mark
         for stream in list(self._send_waiters):
-            mark = high_water if stream._high_water is None else stream._high_water
-            if stream._send_error is not None or stream._send_buffered() <= mark:
+            if (
+                stream._send_error is not None
+                or stream._send_buffered() <= stream.send_high_water_mark
+            ):
                 self._send_waiters.discard(stream)
                 stream._send_lot.unpark_all()
 
