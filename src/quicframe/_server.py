@@ -295,8 +295,16 @@ async def run_call(
 
 
 _TERMINAL_ERRORS: Final = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
-# What a call stream or a subscription (served by quicframe._topic) starts with.
-_REQUEST_TYPE: Final = bytes([FrameType.REQUEST])
+
+
+def _request_only(frame: Frame) -> Frame:
+    """``frame`` if it is a REQUEST; else RemoteProtocolError UNEXPECTED_FRAME."""
+    if frame.type != FrameType.REQUEST:
+        request_frame_untrusted(frame)  # raises UNEXPECTED_FRAME
+    return frame
+
+
+# What a subscription stream (served by quicframe._topic) starts with.
 _SUBSCRIBE_TYPE: Final = bytes([FrameType.SUBSCRIBE])
 
 
@@ -509,15 +517,9 @@ class _Session:
                     # The common case, a call whose request came in one piece,
                     # is read and decoded right here.
                     data = await stream.receive_some()
-                    if (
-                        data[:1] == _REQUEST_TYPE
-                        and stream.receive_finished
-                        and self._calls_open <= options.max_concurrent_calls
-                    ):
-                        first = None
-                        frame = decode_frame(data, max_frame_size=options.max_frame_size)
-                    else:
-                        first, frame = await self._read_call(stream, data)
+                    first, frame = self._classify(stream, data) or await self._read_request(
+                        stream, data
+                    )
                     timed_out = False
                 else:
                     first = frame = None
@@ -566,10 +568,8 @@ class _Session:
             if counted:
                 self._calls_open -= 1
 
-    async def _read_call(
-        self, stream: Stream, data: bytes | None = None
-    ) -> tuple[bytes | None, Frame | None]:
-        """Read what the stream starts with (``data``: its first bytes, if read).
+    async def _read_call(self, stream: Stream) -> tuple[bytes | None, Frame | None]:
+        """Read what the stream starts with.
 
         Returns (its first bytes, None) for a subscription, (None, the REQUEST)
         for a call within ``max_concurrent_calls``, and (None, None) for a call
@@ -580,20 +580,29 @@ class _Session:
                 REQUEST frame.
             And whatever ``receive_some`` raises.
         """
+        data = await stream.receive_some()
+        return self._classify(stream, data) or await self._read_request(stream, data)
+
+    def _classify(self, stream: Stream, data: bytes) -> tuple[bytes | None, Frame | None] | None:
+        """What ``_read_call`` returns, when the stream's first bytes ``data`` decide
+        it without reading more (the common case: a REQUEST in one piece with its
+        FIN); None when the rest of a REQUEST must be read first."""
         # Market data: a stream starting with SUBSCRIBE is a subscription, served
         # to its end by quicframe._topic (a router without that topic answers
         # UNKNOWN_TOPIC); any other stream is a call.
-        if data is None:
-            data = await stream.receive_some()
         if data[:1] == _SUBSCRIBE_TYPE:
             return data, None
         options = self._options
         if self._calls_open > options.max_concurrent_calls:
             return None, None
-        frame = await read_one_frame(stream, options.max_frame_size, data)
-        if frame.type != FrameType.REQUEST:
-            request_frame_untrusted(frame)  # raises UNEXPECTED_FRAME
-        return None, frame
+        if not (data and stream.receive_finished):
+            return None
+        return None, _request_only(decode_frame(data, max_frame_size=options.max_frame_size))
+
+    async def _read_request(self, stream: Stream, data: bytes) -> tuple[None, Frame]:
+        """The REQUEST that starts with ``data``, read to the FIN."""
+        frame = await read_one_frame(stream, self._options.max_frame_size, data)
+        return None, _request_only(frame)
 
     def _refuse(self, stream: Stream, code: int, why: str) -> None:
         """Reset a call stream whose request was not read, with ``code``."""
