@@ -25,9 +25,6 @@ from quicframe.transport import Connection, SessionTicketStore, Stream, connect
 
 from .conftest import CertFiles, Handler, ServerHandle, echo_handler, start_server
 
-HAVE_QH3 = importlib.util.find_spec("qh3") is not None
-needs_qh3 = pytest.mark.skipif(not HAVE_QH3, reason="qh3 is not installed")
-
 MIXED = [("aioquic", "qh3"), ("qh3", "aioquic")]  # (client core, server core)
 
 
@@ -97,7 +94,6 @@ def test_missing_qh3_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> Non
     assert isinstance(info.value, ImportError)
 
 
-@needs_qh3
 @pytest.mark.parametrize("name", ["reno", "cubic", "bbr"])
 def test_qh3_refuses_congestion_control(name: str) -> None:
     with pytest.raises(UnsupportedByCore, match="congestion_control") as info:
@@ -107,7 +103,6 @@ def test_qh3_refuses_congestion_control(name: str) -> None:
         ServerConfig(core="qh3", certificate="x", congestion_control=name)
 
 
-@needs_qh3
 async def test_qh3_checks_settings_changed_after_construction(
     cert_files: CertFiles,
 ) -> None:
@@ -118,7 +113,6 @@ async def test_qh3_checks_settings_changed_after_construction(
             pass  # pragma: no cover - refused before any packet
 
 
-@needs_qh3
 def test_importing_quicframe_does_not_load_qh3() -> None:
     code = (
         "import sys, quicframe\n"
@@ -131,7 +125,6 @@ def test_importing_quicframe_does_not_load_qh3() -> None:
 # -- a client on one core, a server on the other -------------------------------------------
 
 
-@needs_qh3
 @pytest.mark.parametrize(("client_core", "server_core"), MIXED)
 async def test_cross_core_streams_datagrams_and_close(
     cert_files: CertFiles, client_core: str, server_core: str
@@ -178,7 +171,6 @@ async def test_cross_core_streams_datagrams_and_close(
             handle.cancel_scope.cancel()
 
 
-@needs_qh3
 @pytest.mark.parametrize(("client_core", "server_core"), MIXED)
 async def test_cross_core_resumption_and_early_data(
     cert_files: CertFiles, client_core: str, server_core: str
@@ -215,7 +207,6 @@ async def test_cross_core_resumption_and_early_data(
             handle.cancel_scope.cancel()
 
 
-@needs_qh3
 @pytest.mark.parametrize(("client_core", "server_core"), MIXED)
 async def test_cross_core_migration(
     cert_files: CertFiles, client_core: str, server_core: str
@@ -234,7 +225,6 @@ async def test_cross_core_migration(
             assert handle.connections[0].remote_address[1] == conn.local_address[1]
 
 
-@needs_qh3
 @pytest.mark.parametrize(("client_core", "server_core"), MIXED)
 async def test_cross_core_idle_timeout(
     autojump_clock: trio.testing.MockClock,
@@ -250,7 +240,6 @@ async def test_cross_core_idle_timeout(
                 await conn.accept_stream()
 
 
-@needs_qh3
 async def test_qh3_server_loads_a_combined_pem_and_cryptography_objects(
     cert_files: CertFiles, tmp_path: Path
 ) -> None:
