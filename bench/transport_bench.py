@@ -306,7 +306,7 @@ async def serve_bench_stream(stream: Stream) -> None:
     try:
         buffer = bytearray()
         while not buffer:
-            data = await stream.receive_some()
+            data = await receive_now_or_later(stream)
             if not data:
                 return
             buffer += data
@@ -316,7 +316,7 @@ async def serve_bench_stream(stream: Stream) -> None:
             # Stop at the FIN, as the session layer does: once the peer's FIN
             # came and everything was read, a further receive_some() would only
             # return b"" (and cost a scheduling round).
-            while not stream.receive_finished and (data := await stream.receive_some()):
+            while not stream.receive_finished and (data := await receive_now_or_later(stream)):
                 buffer += data
             await send_with_fin(stream, bytes(buffer))
         elif op == b"L":
@@ -331,6 +331,15 @@ async def serve_bench_stream(stream: Stream) -> None:
         pass  # the client went away
     finally:
         await stream.aclose()
+
+
+async def receive_now_or_later(stream: Stream) -> bytes:
+    """What is buffered without a scheduling round (a new stream's handler
+    starts with its first data already there), else wait for it."""
+    try:
+        return stream.receive_nowait()
+    except trio.WouldBlock:
+        return await stream.receive_some()
 
 
 async def send_with_fin(stream: Stream, data: bytes) -> None:
@@ -435,7 +444,10 @@ def stream_caller(connection: Connection) -> Call:
     """One new bidirectional stream per call: E + payload + FIN, echo + FIN back."""
 
     async def call(payload: bytes) -> bytes:
-        stream = await connection.open_stream()
+        try:
+            stream = connection.open_stream_nowait()
+        except trio.WouldBlock:
+            stream = await connection.open_stream()
         await send_with_fin(stream, b"E" + payload)
         reply = b""
         while not stream.receive_finished and (data := await stream.receive_some()):

@@ -38,7 +38,12 @@ import trio
 
 from ._config import ClientConfig
 from ._policy import ReconnectPolicy
-from ._util import read_one_frame, send_with_fin, unwrap_single_exception
+from ._util import (
+    open_stream_now_or_later,
+    read_one_frame,
+    send_with_fin,
+    unwrap_single_exception,
+)
 from ._version import __version__
 from .errors import (
     ConnectionClosed,
@@ -462,7 +467,9 @@ class Client:
                     f"the server is going away: {link.goaway.reason}", operation="call"
                 )
             try:
-                stream = await link.connection.open_stream(urgency=sla_urgency(ctx.sla_class))
+                stream = await open_stream_now_or_later(
+                    link.connection, urgency=sla_urgency(ctx.sla_class)
+                )
             except ConnectionClosed:
                 link.retire()
                 if self._policy is not None:

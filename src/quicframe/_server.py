@@ -25,7 +25,7 @@ import trio
 
 from ._config import ServerConfig
 from ._router import CallContext, Router
-from ._util import read_one_frame, send_with_fin, unwrap_single_exception
+from ._util import read_one_frame, receive_now_or_later, send_with_fin, unwrap_single_exception
 from .errors import (
     ConnectionClosed,
     ErrorCode,
@@ -515,7 +515,7 @@ class _Session:
                     # The FIN is in, so the whole request is buffered and reading
                     # it cannot wait: no timeout (a cancel scope costs ~5 us).
                     # The common case, a call whose request came in one piece,
-                    # is read and decoded right here.
+                    # is read and decoded right here, in the handler's first step.
                     data = await stream.receive_some()
                     first, frame = self._classify(stream, data) or await self._read_request(
                         stream, data
@@ -580,7 +580,7 @@ class _Session:
                 REQUEST frame.
             And whatever ``receive_some`` raises.
         """
-        data = await stream.receive_some()
+        data = await receive_now_or_later(stream)
         return self._classify(stream, data) or await self._read_request(stream, data)
 
     def _classify(self, stream: Stream, data: bytes) -> tuple[bytes | None, Frame | None] | None:

@@ -35,13 +35,14 @@ def test_sla_class_to_urgency() -> None:
 def streams(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Stream]]:
     """Every call stream the client opens and the server serves, in order."""
     seen: dict[str, list[Stream]] = {"client": [], "server": []}
-    open_stream = Connection.open_stream
+    # open_stream() opens through open_stream_nowait(), as client.call() does.
+    open_stream_nowait = Connection.open_stream_nowait
     run_call = _Session._run_call
 
-    async def recording_open_stream(
+    def recording_open_stream_nowait(
         self: Connection, unidirectional: bool = False, *, urgency: int = 3
     ) -> Stream:
-        stream = await open_stream(self, unidirectional, urgency=urgency)
+        stream = open_stream_nowait(self, unidirectional, urgency=urgency)
         if stream.stream_id != 0:  # not the control stream
             seen["client"].append(stream)
         return stream
@@ -50,7 +51,7 @@ def streams(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Stream]]:
         seen["server"].append(stream)
         await run_call(self, stream)
 
-    monkeypatch.setattr(Connection, "open_stream", recording_open_stream)
+    monkeypatch.setattr(Connection, "open_stream_nowait", recording_open_stream_nowait)
     monkeypatch.setattr(_Session, "_run_call", recording_run_call)
     return seen
 

@@ -174,10 +174,18 @@ class Connection:
         # answer" (_prewoken): it waits a few rounds for the answer before flushing.
         self._answer_expected = False
         self._prewoken = False
+        # The one stream handed data (or spawned) by the last batch, when it was
+        # just one: its reply is flushed from its own task (see _begin_answer).
+        self._answerers = 0
+        self._sole_answerer: Stream | trio.lowlevel.Task | None = None
+        self._answering = False  # the sole answerer is queueing its reply
         self._timer_at: float | None = None
         self._timer_handled_at = -math.inf  # when handle_timer() last ran
         self._flushing = False  # the driver is between _step() and the end of its send
-        self._wait_deadline = -math.inf  # when the parked driver wakes by itself
+        # The parked driver's wait (None while it runs): its deadline is when the
+        # driver wakes by itself, moved when a flush from another task changes
+        # the core's timer.
+        self._wait_scope: trio.CancelScope | None = None
         self._unsent: list[tuple[bytes, NetworkAddress]] = []  # refused by an eager flush
         self._last_activity = now()
         self._running = False
@@ -331,6 +339,27 @@ class Connection:
             while self._core.streams_allowed(unidirectional) <= 0:
                 await lot.park()
                 self._raise_if_closed()
+        stream = self.open_stream_nowait(unidirectional, urgency=urgency)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return stream
+
+    def open_stream_nowait(
+        self, unidirectional: bool = False, *, urgency: int = DEFAULT_URGENCY
+    ) -> Stream:
+        """Open a new stream without waiting: the synchronous twin of :meth:`open_stream`.
+
+        For a task about to write and then wait for the reply (its next await is a
+        checkpoint anyway), this saves :meth:`open_stream`'s scheduling round.
+
+        Raises:
+            trio.WouldBlock: the peer's stream limit allows no more streams of this
+                kind now (:meth:`open_stream` would wait).
+            quicframe.errors.ConnectionClosed: the connection is closed.
+            trio.ClosedResourceError: ``aclose`` was called on this connection.
+        """
+        self._raise_if_closed()
+        if self._core.streams_allowed(unidirectional) <= 0:
+            raise trio.WouldBlock
         stream_id = self._quic.get_next_available_stream_id(is_unidirectional=unidirectional)
         # An empty write makes the core create its stream state now, so the stream
         # can be reset or stopped before anything was sent.
@@ -340,7 +369,6 @@ class Connection:
         if urgency != DEFAULT_URGENCY:
             stream.urgency = urgency
         self._streams[stream_id] = stream
-        await trio.lowlevel.cancel_shielded_checkpoint()
         return stream
 
     async def accept_stream(self) -> Stream:
@@ -602,7 +630,7 @@ class Connection:
     # -- called by streams (synchronous; they only queue work for the driver) --------
 
     def _wake(self) -> None:
-        if not self._wake_pending:
+        if not self._wake_pending and not self._answering:
             self._wake_pending = True
             self._driver_lot.unpark_all()
 
@@ -620,13 +648,38 @@ class Connection:
         self._step()
         datagrams = self._datagrams_to_send()
         self._unsent = self._endpoint.try_send(datagrams)
-        if (
-            self._after_flush()
-            or self._unsent
-            or (self._timer_at is not None and self._timer_at < self._wait_deadline)
-        ):
-            # The driver must exit, send what the socket refused, or wake earlier.
+        if self._after_flush() or self._unsent:
+            # The driver must exit, or send what the socket refused.
             self._wake()
+        elif self._wait_scope is not None:
+            deadline = self._next_deadline()
+            if deadline != self._wait_scope.deadline:  # setting it is not free
+                self._wait_scope.deadline = deadline
+
+    def _begin_answer(self, stream: Stream) -> bool:
+        """True if ``stream``'s write is the answer of the batch's sole reader.
+
+        When the last batch of datagrams handed data to one reader only (the
+        usual case of a request-response exchange: the server's handler of a new
+        request, or the caller waiting for its reply), the driver was left
+        parked (see _after_feed): that reader's next write (a reply, or the
+        caller's next request) is flushed from its own task by _finish_answer,
+        without the driver's turn and the scheduling round before it.
+        """
+        answerer = self._sole_answerer
+        if answerer is None or (
+            answerer is not stream and answerer is not trio.lowlevel.current_task()
+        ):
+            return False
+        self._sole_answerer = None
+        self._answering = True  # its writes do not wake the driver
+        return True
+
+    def _finish_answer(self) -> None:
+        self._answering = False
+        self._flush_eagerly()
+        if self._dirty:
+            self._wake()  # no flush now (the driver is mid-send, say): the driver's turn
 
     def _reset_stream(self, stream: Stream, code: int) -> None:
         if self._closed_info is None:
@@ -671,11 +724,13 @@ class Connection:
         """A batch was fed: drain its events and wake the driver to flush once.
 
         Events are drained right away, in the receive loop's turn, so the tasks
-        they wake run in the next scheduling round.  When one of them is a
-        reader that got data (or a handler spawned for a new stream), the driver
-        is woken "for an answer": it gives the readers a few rounds to write
-        their reply and flushes the moment one did, so the reply, the ACK of this
-        batch and anything else the core owes the peer leave in one flush.
+        they wake run in the next scheduling round.  When exactly one of them is
+        a reader that got data (or a handler spawned for a new stream), the
+        driver stays parked and that reader's next write flushes from its own
+        task (see _begin_answer).  When several are, the driver is woken "for an
+        answer": it gives the readers a few rounds to write their replies and
+        flushes the moment one did.  Either way the reply, the ACK of this batch
+        and anything else the core owes the peer leave in one flush.
         """
         self._last_activity = t
         peer_closed_now = not self._peer_closed and self._core.is_draining()
@@ -687,7 +742,28 @@ class Connection:
         for unidirectional, lot in enumerate(self._stream_credit_lots):
             if lot:
                 lot.unpark(count=self._core.streams_allowed(bool(unidirectional)))
-        if self._answer_expected:
+        if self._answerers != 1:
+            self._sole_answerer = None
+        self._answerers = 0
+        if (
+            self._sole_answerer is not None
+            and self._wait_scope is not None
+            and not self._wake_pending
+            and not peer_closed_now
+            and self._handshake_done.is_set()
+        ):
+            # One reader got data (a request, or the reply a caller waits for) and
+            # the driver is parked: leave it parked.  The reader's answer flushes
+            # from its own task (_begin_answer) with everything the core owes the
+            # peer; should no answer come, the driver wakes at the core's timer
+            # (the ACK delay at the latest) and flushes then.
+            self._answer_expected = False
+            self._timer_at = self._core_timer(answering=True)
+            deadline = self._next_deadline()
+            if deadline < self._wait_scope.deadline:
+                self._wait_scope.deadline = deadline
+        elif self._answer_expected:
+            self._sole_answerer = None
             self._answer_expected = False
             self._prewoken = True
             self._driver_lot.unpark_all()
@@ -705,10 +781,9 @@ class Connection:
                     deadline = self._next_deadline()
                     if deadline > now():
                         # The deadline bounds the wait only: nothing is in flight.
-                        self._wait_deadline = deadline
-                        with trio.move_on_at(deadline):
+                        with trio.move_on_at(deadline) as self._wait_scope:
                             await self._driver_lot.park()
-                        self._wait_deadline = -math.inf
+                        self._wait_scope = None
                     # else the timer is already due: no wait (a cancelled wait
                     # would cost far more than the checkpoint below).
                 if self._prewoken:
@@ -806,14 +881,7 @@ class Connection:
         """Bookkeeping after a flush; True once the connection terminated."""
         if self._close_issued:
             self._close_flushed.set()
-        timer = self._quic.get_timer()
-        if timer is not None and timer <= self._timer_handled_at:
-            # aioquic can re-arm its loss timer at the very instant it just handled
-            # (loss_time = sent + delay, then ``sent <= now - delay`` rounds false).
-            # Under a clock that does not move by itself (trio's autojump MockClock)
-            # the driver would then spin at that instant forever: step past it.
-            timer = self._timer_handled_at + 1e-6
-        self._timer_at = timer
+        self._timer_at = self._core_timer()
         self._handle_events()
         if not self._closing.is_set() and self._core.is_closing_or_closed():
             self._closing.set()
@@ -823,6 +891,16 @@ class Connection:
         if self._close_requested:
             self._drain_lot.unpark_all()
         return False
+
+    def _core_timer(self, *, answering: bool = False) -> float | None:
+        timer = self._core.answer_timer() if answering else self._quic.get_timer()
+        if timer is not None and timer <= self._timer_handled_at:
+            # aioquic can re-arm its loss timer at the very instant it just handled
+            # (loss_time = sent + delay, then ``sent <= now - delay`` rounds false).
+            # Under a clock that does not move by itself (trio's autojump MockClock)
+            # the driver would then spin at that instant forever: step past it.
+            timer = self._timer_handled_at + 1e-6
+        return timer
 
     def _next_deadline(self) -> float:
         deadline = self._timer_at if self._timer_at is not None else math.inf
@@ -895,6 +973,8 @@ class Connection:
                         stream._arrived_early = True
                     if stream._receive_lot:
                         self._answer_expected = True
+                        self._answerers += 1
+                        self._sole_answerer = stream._reader_task
                     stream._on_data(event.data, event.end_stream)
             elif kind == EVENT_STREAM_RESET:
                 stream = self._streams.get(event.stream_id) or self._new_peer_stream(
@@ -975,6 +1055,8 @@ class Connection:
             if self._stream_spawners and self._closed_info is None:
                 self._stream_spawners[-1](stream)
                 self._answer_expected = True
+                self._answerers += 1
+                self._sole_answerer = stream
             else:
                 self._incoming.append(stream)
                 queued = True

@@ -81,6 +81,7 @@ class Stream(trio.abc.HalfCloseableStream):
         self._credit_base = 0  # consumption offset of the last credit grant
         self._receive_busy = False
         self._receive_lot = trio.lowlevel.ParkingLot()
+        self._reader_task: trio.lowlevel.Task | None = None  # the last to park reading
         # Send side.
         self._send_pending = bytearray()  # written, not yet given to the core
         self._send_fin_pending = False
@@ -196,9 +197,13 @@ class Stream(trio.abc.HalfCloseableStream):
                 await trio.lowlevel.checkpoint_if_cancelled()
                 self._check_can_send()
             if data:
+                connection = self._connection
+                answering = connection._begin_answer(self)
                 self._send_pending += data
                 self._sent_total += len(data)
-                self._connection._mark_dirty(self)
+                connection._mark_dirty(self)
+                if answering:
+                    connection._finish_answer()
             if not parked:
                 # Let the driver (and any other writer of this tick) run.
                 await trio.lowlevel.cancel_shielded_checkpoint()
@@ -225,12 +230,16 @@ class Stream(trio.abc.HalfCloseableStream):
         self._check_can_send()
         if self._send_buffered() > self.send_high_water_mark:
             raise trio.WouldBlock
+        connection = self._connection
+        answering = connection._begin_answer(self)
         if data:
             self._send_pending += data
             self._sent_total += len(data)
-            self._connection._mark_dirty(self)
+            connection._mark_dirty(self)
         if eof:
             self._finish_sending()
+        if answering:
+            connection._finish_answer()
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the stream is under its high-water mark.
@@ -397,28 +406,59 @@ class Stream(trio.abc.HalfCloseableStream):
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             parked = False
-            while True:
-                if self._closed or self._receive_closed:
-                    raise trio.ClosedResourceError("the stream's receive side is closed")
-                if self._receive_error is not None:
-                    raise self._reset_exception(self._receive_error)
-                if self._receive_size or self._receive_eof:
-                    break
+            while not self._readable_now():
                 self._connection._raise_if_closed()
+                self._reader_task = trio.lowlevel.current_task()
                 await self._receive_lot.park()
                 parked = True
-            data = self._take(max_bytes) if self._receive_size else b""
-            if data:
-                self._received_total += len(data)
-                self._connection._on_consumed(self)
-            if not self._receive_size and self._receive_eof:
-                self._maybe_done()
+            data = self._take_now(max_bytes)
             if not parked:
                 # Shielded: the data is already taken and must reach the caller.
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return data
         finally:
             self._receive_busy = False
+
+    def receive_nowait(self, max_bytes: int | None = None) -> bytes:
+        """Return buffered bytes without waiting: the synchronous twin of :meth:`receive_some`.
+
+        A handler spawned for a stream whose data already arrived, or a reader
+        that knows more is buffered, reads it without a scheduling round.
+
+        Raises:
+            trio.WouldBlock: nothing is buffered and the peer has not finished
+                (:meth:`receive_some` would wait).
+            and the errors of :meth:`receive_some`.
+        """
+        if max_bytes is None:
+            max_bytes = DEFAULT_RECEIVE_SIZE
+        else:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        if self._receive_busy:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        if not self._readable_now():
+            self._connection._raise_if_closed()
+            raise trio.WouldBlock
+        return self._take_now(max_bytes)
+
+    def _readable_now(self) -> bool:
+        """True if a read returns at once (data or EOF); raises if it would fail."""
+        if self._closed or self._receive_closed:
+            raise trio.ClosedResourceError("the stream's receive side is closed")
+        if self._receive_error is not None:
+            raise self._reset_exception(self._receive_error)
+        return bool(self._receive_size) or self._receive_eof
+
+    def _take_now(self, max_bytes: int) -> bytes:
+        data = self._take(max_bytes) if self._receive_size else b""
+        if data:
+            self._received_total += len(data)
+            self._connection._on_consumed(self)
+        if not self._receive_size and self._receive_eof:
+            self._maybe_done()
+        return data
 
     def _take(self, max_bytes: int) -> bytes:
         chunks = self._receive_chunks
