@@ -791,6 +791,10 @@ class Client:
                         f"no WELCOME from {host}:{port} within {config.handshake_timeout} s"
                     )
                 link.early = False
+                if previous is not None:
+                    # Counted here, not when the supervisor resumes: a call on the
+                    # new link can complete (and statistics be read) before that.
+                    self._reconnects += 1
                 self._link = link
                 if self._early_link is link:
                     self._early_link = None
@@ -866,7 +870,6 @@ class Client:
                         return
                     await trio.sleep(policy.backoff(failures))
                 else:
-                    self._reconnects += 1
                     logger.info(
                         "reconnected to %s:%d (%d failed attempts before)", host, port, failures
                     )

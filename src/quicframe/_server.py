@@ -516,7 +516,7 @@ class _Session:
                     # it cannot wait: no timeout (a cancel scope costs ~5 us).
                     # The common case, a call whose request came in one piece,
                     # is read and decoded right here, in the handler's first step.
-                    data = await stream.receive_some()
+                    data = stream.receive_nowait()
                     first, frame = self._classify(stream, data) or await self._read_request(
                         stream, data
                     )

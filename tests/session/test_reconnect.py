@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import quicframe
 from quicframe import ClientConfig, ReconnectPolicy, ServerConfig
@@ -422,6 +423,9 @@ async def test_an_early_call_on_a_refused_connection_is_retried_on_the_next(
             # Written early on a connection whose HELLO is then refused, the call
             # is sent again on the connection after it.
             assert await client.call(WHO, None) == "s"
+            # The reply can arrive with the WELCOME (both 0-RTT answers): let the
+            # link's task take the WELCOME before reading the statistics.
+            await trio.testing.wait_all_tasks_blocked()
             stats = client.statistics()
             assert stats.reconnects == 1
             assert stats.reconnect_failures == 1
@@ -456,6 +460,7 @@ async def test_reconnect_after_a_restart_resumes_the_session(
             second = await start_server(nursery, make_router("second"), port, server_config)
             with trio.fail_after(5):
                 assert await client.call(WHO, None) == "second"
+            await trio.testing.wait_all_tasks_blocked()  # as above: the WELCOME too
             assert client.connection.session_resumed
             assert client.statistics().reconnect_failures >= 1
             assert client.statistics().reconnects == 1
