@@ -80,6 +80,10 @@ _DATAGRAM_OVERHEAD = 1 + 20 + 4 + 16 + 1 + 2
 # three (read EOF, open the next stream, write), a long-lived stream one.
 _ANSWER_ROUNDS = 3
 
+# How long the driver stays parked after handing a batch to a lone reader, at
+# most, should no answer come (see _after_feed): aioquic's ACK delay.
+_ANSWER_WAIT = 0.001
+
 # Streams with writes queued for the core past which the writer that adds one
 # more flushes the others itself, without waiting for the driver's pass: with
 # many writers in one scheduling tick, the first replies leave (and the peer
@@ -757,9 +761,12 @@ class Connection:
             # from its own task (_begin_answer) with everything the core owes the
             # peer; should no answer come, the driver wakes at the core's timer
             # (the ACK delay at the latest) and flushes then.
+            # The wait is bounded by _ANSWER_WAIT rather than by asking the core
+            # for its timer (a few microseconds on the answer's path): nothing
+            # the batch can have armed is due sooner than the ACK delay, and the
+            # flush of the answer re-arms the driver from the core's timer.
             self._answer_expected = False
-            self._timer_at = self._core_timer(answering=True)
-            deadline = self._next_deadline()
+            deadline = t + _ANSWER_WAIT
             if deadline < self._wait_scope.deadline:
                 self._wait_scope.deadline = deadline
         elif self._answer_expected:
@@ -892,8 +899,8 @@ class Connection:
             self._drain_lot.unpark_all()
         return False
 
-    def _core_timer(self, *, answering: bool = False) -> float | None:
-        timer = self._core.answer_timer() if answering else self._quic.get_timer()
+    def _core_timer(self) -> float | None:
+        timer = self._quic.get_timer()
         if timer is not None and timer <= self._timer_handled_at:
             # aioquic can re-arm its loss timer at the very instant it just handled
             # (loss_time = sent + delay, then ``sent <= now - delay`` rounds false).

@@ -172,7 +172,6 @@ class Core(Protocol):
         self, now: float, urgency: dict[int, int], default: int
     ) -> list[tuple[bytes, NetworkAddress]] | None: ...
     def pacing_due(self, now: float) -> bool: ...
-    def answer_timer(self) -> float | None: ...
     def acknowledge_with_next_packet(self, now: float, streams: int = 1) -> None: ...
     def peer_address(self) -> NetworkAddress | None: ...
     def peer_max_datagram_frame_size(self) -> int | None: ...
@@ -710,14 +709,6 @@ class AioquicCore:
         return pacing_at is not None and pacing_at <= now
 
     # -- acknowledgements ---------------------------------------------------------
-
-    def answer_timer(self) -> float | None:
-        """The core's timer while a lone reader prepares its answer (see Connection).
-
-        aioquic's: its ACK delay already lets a pending acknowledgement wait for
-        the answer it can ride with.
-        """
-        return self._quic_connection.get_timer()
 
     def acknowledge_with_next_packet(self, now: float, streams: int = 1) -> None:
         """Let a pending 1-RTT acknowledgement ride in the packets about to be built.

@@ -55,9 +55,6 @@ _SUPPORTED_VERSIONS: Final = [QuicProtocolVersion.VERSION_1, QuicProtocolVersion
 _KEEPALIVE_PING_UID: Final = (1 << 62) - 1  # never a waiter's: those count up from 0
 _INITIAL_RTT: Final = 0.1
 _FIN_GRACE: Final = 0.001  # how long a 0-RTT write's last byte waits for a FIN
-# How long an acknowledgement qh3 would send at once may wait for an answer to
-# ride with (aioquic's ACK delay; qh3 advertises a larger max_ack_delay).
-_ANSWER_ACK_DELAY: Final = 0.001
 _CLOSING_STATES: Final = frozenset({"closing", "draining", "terminated"})
 
 
@@ -718,22 +715,6 @@ class Qh3Core:
             return False
         timer = core.get_timer()
         return timer is not None and timer[0] == "pacing" and timer[1] <= now
-
-    def answer_timer(self) -> float | None:
-        """The core's timer while a lone reader prepares its answer (see Connection).
-
-        qh3 acknowledges application packets at once (its timer says so, due
-        now): that ACK may wait ``_ANSWER_ACK_DELAY`` for the answer to carry it,
-        rather than leave alone in a packet of its own just before the answer.
-        """
-        connection = self._connection
-        timer = connection.get_timer()
-        core = connection._core
-        if timer is not None and core is not None:
-            kind = core.get_timer()
-            if kind is not None and kind[0] == "ack_application" and kind[1] <= timer:
-                return kind[1] + _ANSWER_ACK_DELAY
-        return timer
 
     def acknowledge_with_next_packet(self, now: float, streams: int = 1) -> None:
         """No-op: qh3 adds pending acknowledgements to the packets it builds."""
