@@ -396,7 +396,9 @@ class _CreditGatedStream(_AioquicStream):
         # peer open a new one.  Holding that back until the application let go of
         # the stream (closed it, or finished both directions) bounds the streams a
         # peer can pile up on an application that does not accept or read them.
-        return self._qf_released and self.receiver.is_finished and self.sender.is_finished
+        # aioquic asks for every stream it holds on every packet it builds: the
+        # condition most often false (data not yet acknowledged) comes first.
+        return self.sender.is_finished and self._qf_released and self.receiver.is_finished
 
 
 @dataclass(frozen=True, slots=True)
