@@ -938,16 +938,19 @@ class Connection:
         self._handle_events()
         if self._dirty:
             dirty, self._dirty = self._dirty, {}
+            queued = 0
             for stream_id, stream in dirty.items():
                 pending = stream._send_pending
                 fin = stream._send_fin_pending
                 if pending or fin:
                     stream._send_fin_pending = False
+                    queued += len(pending)
                     # The core refuses when it already reset or discarded the
                     # stream's send side (a STOP_SENDING raced with this write).
                     with contextlib.suppress(RuntimeError, ValueError):
                         quic.send_stream_data(stream_id, bytes(pending), fin)
                     pending.clear()
+            self._core.note_queued(queued)
             # Data leaves in this flush: a pending ACK old enough (or any, with
             # several streams' data) rides along.
             self._core.acknowledge_with_next_packet(t, len(dirty))

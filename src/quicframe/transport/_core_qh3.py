@@ -716,6 +716,9 @@ class Qh3Core:
         timer = core.get_timer()
         return timer is not None and timer[0] == "pacing" and timer[1] <= now
 
+    def note_queued(self, size: int) -> None:
+        """No-op: qh3's packet loop is native code."""
+
     def acknowledge_with_next_packet(self, now: float, streams: int = 1) -> None:
         """No-op: qh3 adds pending acknowledgements to the packets it builds."""
 
