@@ -394,14 +394,7 @@ class Stream(trio.abc.HalfCloseableStream):
             No data is lost: bytes are only taken from the buffer by a call that
             returns them.
         """
-        if max_bytes is None:
-            max_bytes = DEFAULT_RECEIVE_SIZE
-        else:
-            max_bytes = operator.index(max_bytes)
-            if max_bytes < 1:
-                raise ValueError("max_bytes must be >= 1")
-        if self._receive_busy:
-            raise trio.BusyResourceError("another task is receiving on this stream")
+        max_bytes = self._receive_size_asked(max_bytes)
         self._receive_busy = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -430,18 +423,23 @@ class Stream(trio.abc.HalfCloseableStream):
                 (:meth:`receive_some` would wait).
             and the errors of :meth:`receive_some`.
         """
-        if max_bytes is None:
-            max_bytes = DEFAULT_RECEIVE_SIZE
-        else:
-            max_bytes = operator.index(max_bytes)
-            if max_bytes < 1:
-                raise ValueError("max_bytes must be >= 1")
-        if self._receive_busy:
-            raise trio.BusyResourceError("another task is receiving on this stream")
+        max_bytes = self._receive_size_asked(max_bytes)
         if not self._readable_now():
             self._connection._raise_if_closed()
             raise trio.WouldBlock
         return self._take_now(max_bytes)
+
+    def _receive_size_asked(self, max_bytes: int | None) -> int:
+        """``max_bytes`` checked (None: the default), and no other reader busy."""
+        if max_bytes is None:
+            size = DEFAULT_RECEIVE_SIZE
+        else:
+            size = operator.index(max_bytes)
+            if size < 1:
+                raise ValueError("max_bytes must be >= 1")
+        if self._receive_busy:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        return size
 
     def _readable_now(self) -> bool:
         """True if a read returns at once (data or EOF); raises if it would fail."""
