@@ -197,13 +197,7 @@ class Stream(trio.abc.HalfCloseableStream):
                 await trio.lowlevel.checkpoint_if_cancelled()
                 self._check_can_send()
             if data:
-                connection = self._connection
-                answering = connection._begin_answer(self)
-                self._send_pending += data
-                self._sent_total += len(data)
-                connection._mark_dirty(self)
-                if answering:
-                    connection._finish_answer()
+                self._queue(data, eof=False)
             if not parked:
                 # Let the driver (and any other writer of this tick) run.
                 await trio.lowlevel.cancel_shielded_checkpoint()
@@ -230,16 +224,23 @@ class Stream(trio.abc.HalfCloseableStream):
         self._check_can_send()
         if self._send_buffered() > self.send_high_water_mark:
             raise trio.WouldBlock
+        self._queue(data, eof=eof)
+
+    def _queue(self, data: bytes | bytearray | memoryview, *, eof: bool) -> None:
+        """Queue ``data`` (and the FIN) for the core; flushed at once when this is
+        the answer of the batch's sole reader (see Connection._begin_answer)."""
         connection = self._connection
         answering = connection._begin_answer(self)
-        if data:
-            self._send_pending += data
-            self._sent_total += len(data)
-            connection._mark_dirty(self)
-        if eof:
-            self._finish_sending()
-        if answering:
-            connection._finish_answer()
+        try:
+            if data:
+                self._send_pending += data
+                self._sent_total += len(data)
+                connection._mark_dirty(self)
+            if eof:
+                self._finish_sending()
+        finally:
+            if answering:
+                connection._finish_answer()
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the stream is under its high-water mark.
