@@ -178,8 +178,9 @@ class Connection:
         # answer" (_prewoken): it waits a few rounds for the answer before flushing.
         self._answer_expected = False
         self._prewoken = False
-        # The one stream handed data (or spawned) by the last batch, when it was
-        # just one: its reply is flushed from its own task (see _begin_answer).
+        # The one reader the last batch woke, when it woke just one: the task
+        # parked reading, or the new stream whose handler was spawned.  Its reply
+        # is flushed from its own task (see _begin_answer).
         self._answerers = 0
         self._sole_answerer: Stream | trio.lowlevel.Task | None = None
         self._answering = False  # the sole answerer is queueing its reply
@@ -759,12 +760,11 @@ class Connection:
             # One reader got data (a request, or the reply a caller waits for) and
             # the driver is parked: leave it parked.  The reader's answer flushes
             # from its own task (_begin_answer) with everything the core owes the
-            # peer; should no answer come, the driver wakes at the core's timer
-            # (the ACK delay at the latest) and flushes then.
-            # The wait is bounded by _ANSWER_WAIT rather than by asking the core
-            # for its timer (a few microseconds on the answer's path): nothing
-            # the batch can have armed is due sooner than the ACK delay, and the
-            # flush of the answer re-arms the driver from the core's timer.
+            # peer; should no answer come, the driver wakes after _ANSWER_WAIT
+            # (the ACK delay) and flushes then.  A constant rather than the
+            # core's timer: asking the core costs microseconds on the answer's
+            # path, nothing the batch armed is due much sooner, and the answer's
+            # flush re-arms the driver from the core's timer.
             self._answer_expected = False
             deadline = t + _ANSWER_WAIT
             if deadline < self._wait_scope.deadline:
