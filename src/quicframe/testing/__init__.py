@@ -7,6 +7,8 @@
 - :class:`RandomWalkFeed`: simulated quotes and order acknowledgements to publish.
 - :func:`self_signed_certificate` / :func:`write_self_signed_certificate`: throwaway
   certificates for tests and development servers.
+- :func:`nats_server_binary`: the ``nats-server`` to start for tests of the NATS
+  JetStream backbone.
 
 Both mistreat packets per direction according to a :class:`LinkPolicy` (loss,
 duplication, reordering, delay, blackhole windows, bandwidth and a drop-tail queue),
@@ -22,6 +24,7 @@ from ._chaos_proxy import ChaosProxy as ChaosProxy, ProxyStatistics as ProxyStat
 from ._fake_network import FakeNetwork as FakeNetwork, FakeSocket as FakeSocket
 from ._feed import RandomWalkFeed as RandomWalkFeed
 from ._link import LinkPolicy as LinkPolicy, LinkStatistics as LinkStatistics
+from ._nats import nats_server_binary as nats_server_binary
 
 __all__ = [
     "ChaosProxy",
@@ -31,6 +34,7 @@ __all__ = [
     "LinkStatistics",
     "ProxyStatistics",
     "RandomWalkFeed",
+    "nats_server_binary",
     "self_signed_certificate",
     "write_self_signed_certificate",
 ]
