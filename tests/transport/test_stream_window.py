@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aioquic.quic.events import StreamDataReceived
 
-from quicframe.transport._core import AioquicCore, _StreamWindow
+from quicframe.transport._core import _WINDOW_BYTES, AioquicCore, _StreamWindow
 
 from .test_acks import CLIENT, SERVER, _pair
 
@@ -144,3 +144,31 @@ def test_a_flush_of_small_writes_is_built_by_the_core_as_usual(
     client.note_queued(16 * 1000)
     client.quic.datagrams_to_send(t + 0.002)
     assert windows[0] == 1
+
+
+def test_streams_finished_while_shown_in_a_window_are_discarded(tmp_path: Path) -> None:
+    # aioquic discards a finished stream from the dict it is shown (the window's);
+    # the connection's own dict and queue must lose it too, or the stream would
+    # stay in every later packet's walk and never free its slot.
+    client, server, t = _pair(tmp_path)
+    for index in range(STREAMS):
+        stream_id = client.quic.get_next_available_stream_id(is_unidirectional=True)
+        client.quic.send_stream_data(stream_id, _payload(index), True)
+    connection: Any = client._quic_connection
+    for _ in range(500):
+        client.note_queued(_WINDOW_BYTES)  # every flush through the window
+        t += 0.001
+        for data, _ in client.quic.datagrams_to_send(t):
+            server.quic.receive_datagram(data, CLIENT, t)
+        while server.quic.next_event() is not None:
+            pass
+        t += 0.001
+        server.quic.handle_timer(t)
+        for data, _ in server.quic.datagrams_to_send(t):
+            client.quic.receive_datagram(data, SERVER, t)
+        while client.quic.next_event() is not None:
+            pass
+        if not connection._streams:
+            break
+    assert not connection._streams
+    assert not connection._streams_queue

@@ -499,9 +499,6 @@ class _StreamWindow:
                     for stream in window:
                         if (stream_id := stream.stream_id) is not None and stream_id not in shown:
                             streams.pop(stream_id, None)  # aioquic discarded it
-                    for stream_id in owed:
-                        if stream_id not in shown:  # pragma: no cover - owed streams stay
-                            streams.pop(stream_id, None)
                     marks = dict(zip(map(id, window), before, strict=True))
                     for stream in rebuilt:
                         if _send_mark(stream) != marks[id(stream)]:
