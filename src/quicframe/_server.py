@@ -239,6 +239,7 @@ async def run_call(
     session: _CountsCalls,
     server: Server,
     log_extra: Callable[[], dict[str, Any]],
+    answer: Callable[[Any], CallError | None] | None = None,
 ) -> tuple[Any, CallError | None, bool]:
     """Run one call's handler in ``ctx.cancel_scope``, counted in flight.
 
@@ -246,6 +247,12 @@ async def run_call(
     transport's callback rather than with a watcher task per call.  Returns
     the result, the error to answer with (DEADLINE_EXCEEDED when the deadline
     ran out) and whether the peer cancelled the call (then there is no answer).
+
+    ``answer``, when given, is called with the handler's result as soon as the
+    handler returns, still inside the scope (it must not wait): the reply
+    leaves before the scope and the bookkeeping are unwound, which then happen
+    off the caller's critical path.  It returns None once it answered, or the
+    error to answer with instead; the result returned is then None.
     """
     scope = ctx.cancel_scope
     assert scope is not None
@@ -278,6 +285,12 @@ async def run_call(
                     extra=log_extra(),
                 )
                 error = (ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}", {})
+            else:
+                if answer is not None:
+                    # Outside the handler's try: what sending raises (the caller
+                    # went away) is not the handler's failure.
+                    error = answer(result)
+                    result = None
     finally:
         stream._stop_callback = None
         session._in_flight -= 1
@@ -710,7 +723,35 @@ class _Session:
                 return router.pipeline(route)(ctx, request)
             return route.handler(request, ctx)
 
-        result, error, cancelled = await run_call(
+        unsent: list[bytes] = []
+
+        def answer(result: Any) -> CallError | None:
+            # Called as the handler returns, inside its scope: the RESPONSE and
+            # its FIN leave now (see run_call).
+            try:
+                reply = encode_response(
+                    opcode,
+                    route.response_codec.encode(result),
+                    request_id=ctx.request_id,  # a middleware may have changed it
+                    integrity=ctx.metadata.payload_sha256 is not None,
+                    max_frame_size=self._peer_max_frame_size,
+                )
+            except LocalProtocolError as exc:
+                logger.error(
+                    "call %s: cannot send the response: %s",
+                    ctx.request_id,
+                    exc,
+                    extra={"request_id": ctx.request_id, "opcode": opcode},
+                )
+                return (ErrorCode.INTERNAL, f"the response cannot be sent: {exc.message}", {})
+            server._completed += 1
+            try:
+                stream.send_nowait(reply, eof=True)
+            except trio.WouldBlock:
+                unsent.append(reply)  # over the high-water mark: sent below, waiting
+            return None
+
+        _, error, cancelled = await run_call(
             stream,
             ctx,
             route.name,
@@ -718,6 +759,7 @@ class _Session:
             self,
             server,
             lambda: {"request_id": ctx.request_id, "opcode": opcode},
+            answer,
         )
         request_id = ctx.request_id  # a middleware may have changed it
         if cancelled:
@@ -730,26 +772,9 @@ class _Session:
             stream.reset(ErrorCode.CANCELLED)
             return
         if error is None:
-            try:
-                reply = encode_response(
-                    opcode,
-                    route.response_codec.encode(result),
-                    request_id=request_id,
-                    integrity=ctx.metadata.payload_sha256 is not None,
-                    max_frame_size=self._peer_max_frame_size,
-                )
-            except LocalProtocolError as exc:
-                logger.error(
-                    "call %s: cannot send the response: %s",
-                    request_id,
-                    exc,
-                    extra={"request_id": request_id, "opcode": opcode},
-                )
-                error = (ErrorCode.INTERNAL, f"the response cannot be sent: {exc.message}", {})
-            else:
-                server._completed += 1
-                await send_with_fin(stream, reply)
-                return
+            if unsent:
+                await send_with_fin(stream, unsent[0])
+            return
         await self._fail(stream, opcode, request_id, *error)
 
     async def _fail(
