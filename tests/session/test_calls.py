@@ -32,6 +32,7 @@ from quicframe.wire import FrameType, Metadata, MsgpackCodec, encode_frame
 from .conftest import deadline, raw_call, raw_session, read_to_end
 
 ECHO, SLEEP, CRASH, INVALID, CONTEXT, BLOCK = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
+UNSENDABLE = 0x07
 PLAIN: MsgpackCodec[Any] = MsgpackCodec()
 
 QuotaExceeded = register_error_code(0x1_0042, "QUOTA_EXCEEDED")
@@ -89,6 +90,10 @@ def make_router(probe: Probe) -> quicframe.Router:
             "remaining": remaining,
             "trace": ctx.trace_context,
         }
+
+    @router.rpc(UNSENDABLE)
+    async def unsendable(request: Any, ctx: quicframe.CallContext) -> Any:
+        return object()  # msgpack cannot encode it
 
     return router
 
@@ -271,6 +276,18 @@ async def test_handler_crash_is_internal_and_harmless(
     assert records
     assert getattr(records[0], "request_id", None) == "crash-1"
     # The connection and the server carry on.
+    assert await client.call(ECHO, "still here") == "still here"
+
+
+@deadline(10)
+async def test_a_result_that_cannot_be_encoded_is_an_internal_error(
+    client: quicframe.Client,
+) -> None:
+    # The handler returned, but its result cannot become a RESPONSE: the caller
+    # gets INTERNAL saying so, and the connection carries on.
+    with pytest.raises(InternalError) as info:
+        await client.call(UNSENDABLE, None)
+    assert "the response cannot be sent" in info.value.message
     assert await client.call(ECHO, "still here") == "still here"
 
 
