@@ -173,15 +173,14 @@ class Connection:
         # Driver state.
         self._wake_pending = False
         self._driver_lot = trio.lowlevel.ParkingLot()
-        # Set while handling events when a parked reader got data or a handler was
-        # spawned for a new stream; then the receive loop wakes the driver "for an
-        # answer" (_prewoken): it waits a few rounds for the answer before flushing.
-        self._answer_expected = False
-        self._prewoken = False
-        # The one reader the last batch woke, when it woke just one: the task
-        # parked reading, or the new stream whose handler was spawned.  Its reply
-        # is flushed from its own task (see _begin_answer).
+        # Readers handed data (parked readers, and handlers spawned for new
+        # streams) since the last batch was fed.  Several: the receive loop wakes
+        # the driver "for an answer" (_prewoken), and it waits a few rounds for the
+        # answers before flushing.  One: _sole_answerer, the task parked reading
+        # or the new stream, whose reply is flushed from its own task (see
+        # _begin_answer).
         self._answerers = 0
+        self._prewoken = False
         self._sole_answerer: Stream | trio.lowlevel.Task | None = None
         self._answering = False  # the sole answerer is queueing its reply
         self._timer_at: float | None = None
@@ -747,9 +746,9 @@ class Connection:
         for unidirectional, lot in enumerate(self._stream_credit_lots):
             if lot:
                 lot.unpark(count=self._core.streams_allowed(bool(unidirectional)))
-        if self._answerers != 1:
+        answerers, self._answerers = self._answerers, 0
+        if answerers != 1:
             self._sole_answerer = None
-        self._answerers = 0
         if (
             self._sole_answerer is not None
             and self._wait_scope is not None
@@ -765,13 +764,11 @@ class Connection:
             # core's timer: asking the core costs microseconds on the answer's
             # path, nothing the batch armed is due much sooner, and the answer's
             # flush re-arms the driver from the core's timer.
-            self._answer_expected = False
             deadline = t + _ANSWER_WAIT
             if deadline < self._wait_scope.deadline:
                 self._wait_scope.deadline = deadline
-        elif self._answer_expected:
+        elif answerers:
             self._sole_answerer = None
-            self._answer_expected = False
             self._prewoken = True
             self._driver_lot.unpark_all()
         else:
@@ -982,7 +979,6 @@ class Connection:
                     if self._counting_early_data and event.data:
                         stream._arrived_early = True
                     if stream._receive_lot:
-                        self._answer_expected = True
                         self._answerers += 1
                         self._sole_answerer = stream._reader_task
                     stream._on_data(event.data, event.end_stream)
@@ -1064,7 +1060,6 @@ class Connection:
             self._streams[new_id] = stream
             if self._stream_spawners and self._closed_info is None:
                 self._stream_spawners[-1](stream)
-                self._answer_expected = True
                 self._answerers += 1
                 self._sole_answerer = stream
             else:
