@@ -45,6 +45,17 @@ def _count_frame_calls(core: AioquicCore, monkeypatch: pytest.MonkeyPatch) -> li
     return calls
 
 
+def _acknowledge(client: AioquicCore, server: AioquicCore, t: float) -> float:
+    """Let the server's acknowledgements go back to the client at once; the clock."""
+    t += 0.001
+    server.quic.handle_timer(t)
+    for data, _ in server.quic.datagrams_to_send(t):
+        client.quic.receive_datagram(data, SERVER, t)
+    while client.quic.next_event() is not None:
+        pass
+    return t
+
+
 def _run(
     client: AioquicCore, server: AioquicCore, t: float, flushes: int
 ) -> tuple[dict[int, bytearray], list[set[int]], int, float]:
@@ -67,13 +78,7 @@ def _run(
                 if event.data:
                     streams_in_flush.add(event.stream_id)
         carried.append(streams_in_flush)
-        # Let the server's acknowledgements go back at once.
-        t += 0.001
-        server.quic.handle_timer(t)
-        for data, _ in server.quic.datagrams_to_send(t):
-            client.quic.receive_datagram(data, SERVER, t)
-        while client.quic.next_event() is not None:
-            pass
+        t = _acknowledge(client, server, t)
         if sum(map(len, received.values())) == STREAMS * SIZE:
             break
     return received, carried, datagrams_built, t
@@ -162,12 +167,7 @@ def test_streams_finished_while_shown_in_a_window_are_discarded(tmp_path: Path) 
             server.quic.receive_datagram(data, CLIENT, t)
         while server.quic.next_event() is not None:
             pass
-        t += 0.001
-        server.quic.handle_timer(t)
-        for data, _ in server.quic.datagrams_to_send(t):
-            client.quic.receive_datagram(data, SERVER, t)
-        while client.quic.next_event() is not None:
-            pass
+        t = _acknowledge(client, server, t)
         if not connection._streams:
             break
     assert not connection._streams
