@@ -188,7 +188,6 @@ def tick_pool() -> list[Any]:
 
 async def server_main(port: int, send_buffer: int | None, flood_batch: int) -> None:
     import quicframe
-    from quicframe._topic import DEFAULT_SEND_BUFFER
 
     cert_pem, key_pem = load_certificate()
     config = quicframe.ServerConfig(
@@ -202,16 +201,19 @@ async def server_main(port: int, send_buffer: int | None, flood_batch: int) -> N
     def instrument(tick: Any) -> int:
         return int(tick.instrument_id)
 
-    buffer = DEFAULT_SEND_BUFFER if send_buffer is None else send_buffer
     block: quicframe.Topic[Any] = quicframe.Topic(
-        BLOCK_TOPIC, frame=quicframe.MarketTick, key=instrument, policy="block", send_buffer=buffer
+        BLOCK_TOPIC,
+        frame=quicframe.MarketTick,
+        key=instrument,
+        policy="block",
+        send_buffer=send_buffer,
     )
     flood: quicframe.Topic[Any] = quicframe.Topic(
         FLOOD_TOPIC,
         frame=quicframe.MarketTick,
         key=instrument,
         policy="conflate",
-        send_buffer=buffer,
+        send_buffer=send_buffer,
     )
     acks: quicframe.Topic[Any] = quicframe.Topic(ACK_TOPIC, frame=quicframe.OrderAck)
     for topic in (block, flood, acks):
@@ -1020,7 +1022,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=None,
         help="server (and driver): Topic(send_buffer=...) of the tick topics, bytes "
-        "(default: the Topic default, 64 KiB); for investigation",
+        "(default: the Topic default: 64 KiB for the CONFLATE flood, the "
+        "connection's 256 KiB stream high-water mark for the BLOCK topic); for investigation",
     )
     parser.add_argument(
         "--flood-batch",

@@ -79,7 +79,12 @@ T = TypeVar("T")
 
 DEFAULT_SEND_BUFFER: Final = 64 * 1024
 """Bytes of one subscription a server lets the transport hold (unsent plus
-unacknowledged) before it leaves frames in the subscription's queue."""
+unacknowledged) before it leaves frames in the subscription's queue: the default
+for subscriptions whose policy may drop frames (CONFLATE, DROP_OLDEST,
+DISCONNECT), so that the queue, not the transport, holds what may still be
+conflated or dropped.  BLOCK subscriptions lose nothing, so they get the
+connection's stream high-water mark (``stream_high_water_mark``, 256 KiB by
+default): a deeper pipe keeps a reliable feed's link busy."""
 
 DEFAULT_MAX_SUBSCRIPTIONS: Final = 1024
 """Subscriptions one connection may hold at once (``Router.max_subscriptions``)."""
@@ -171,6 +176,8 @@ class Topic(Generic[T]):
             the transport is dropped as stale (None: never).
         send_buffer: bytes per subscription handed to the transport at most (unsent
             plus unacknowledged); the rest waits in the queue, under its policy.
+            Default (None): :data:`DEFAULT_SEND_BUFFER` for subscriptions that may
+            drop frames, the connection's ``stream_high_water_mark`` for BLOCK ones.
         max_queue_size: the largest queue a subscriber may ask for.
         max_queued_bytes: the encoded bytes one subscriber's queue may hold (default
             8 MiB; None: no bound in bytes).  Past it the subscription's policy acts
@@ -194,13 +201,13 @@ class Topic(Generic[T]):
         queue_size: int = DEFAULT_QUEUE_SIZE,
         urgency: int | None = None,
         stale_after: float | None = None,
-        send_buffer: int = DEFAULT_SEND_BUFFER,
+        send_buffer: int | None = None,
         max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
         max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
         clock: Callable[[], int] = time.time_ns,
         registry: FrameRegistry = default_registry,
     ) -> None:
-        if send_buffer < 1:
+        if send_buffer is not None and send_buffer < 1:
             raise ValueError(f"send_buffer must be at least 1, not {send_buffer}")
         if stale_after is not None and stale_after <= 0:
             raise ValueError(f"stale_after must be positive, not {stale_after}")
@@ -230,6 +237,13 @@ class Topic(Generic[T]):
             backbone.bind(self)
 
     # -- description -----------------------------------------------------------------
+
+    def send_buffer_for(self, policy: Policy) -> int | None:
+        """The send buffer of a subscription with ``policy`` (None: the connection's
+        ``stream_high_water_mark``)."""
+        if self.send_buffer is not None:
+            return self.send_buffer
+        return None if policy is Policy.BLOCK else DEFAULT_SEND_BUFFER
 
     @property
     def name(self) -> str:
@@ -402,7 +416,7 @@ class _Driver:
     async def run(self, leftover: bytes) -> None:
         stream = self.stream
         stream.urgency = stream_urgency(self.sub.queue.urgency)
-        stream.send_high_water_mark = self.topic.send_buffer
+        stream.send_high_water_mark = self.topic.send_buffer_for(self.sub.queue.policy)
         stream._stop_callback = self._stopped
         try:
             if leftover:

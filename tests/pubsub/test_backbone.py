@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from quicframe.errors import ErrorCode, QuicframeError, SequenceGap
-from quicframe.pubsub import Entry, HistoryGap, InMemoryBackbone, InMemoryLog, TopicLog
+from quicframe.pubsub import Entry, HistoryGap, InMemoryBackbone, InMemoryLog, TopicCore, TopicLog
+from quicframe.wire import MarketTick
+
+from .helpers import tick
 
 
 def entry(seq: int, key: int = 0) -> Entry:
@@ -104,3 +109,27 @@ def test_backbone_gives_one_log_per_topic() -> None:
     assert backbone.topics() == ["a", "b", "c"]
     typed: TopicLog = a  # the in-memory log satisfies the protocol
     assert typed.head == 0
+
+
+def test_history_holds_no_entry_tuples() -> None:
+    """The ring keeps frames by column (bytes and ints, which the garbage collector
+    does not track): a full history of a busy topic is not a hundred thousand
+    tuples for every full collection to walk.  Only the latest entry per key (the
+    snapshot) stays an Entry."""
+    topic = TopicCore("md.ticks", MarketTick, key=lambda t: t.instrument_id, history=5000)
+    values = [tick(i % 10) for i in range(1000)]
+    gc.collect()
+    before = sum(type(o) is Entry for o in gc.get_objects())
+    for _ in range(8):
+        topic.publish_many(values, 0)
+    topic.publish(values[0], 0)
+    gc.collect()
+    after = sum(type(o) is Entry for o in gc.get_objects())
+    assert after - before <= 10
+    log = topic.log
+    assert isinstance(log, InMemoryLog)
+    assert len(log) == 5000
+    assert [e.seq for e in log.read(log.first_seq, 3)] == [3002, 3003, 3004]
+    (last,) = log.read(8001, 1)
+    assert (last.seq, last.key, last.urgency, last.deadline_ns) == (8001, 0, topic.urgency, 0)
+    assert last.data == topic.log.snapshot().entries[-1].data

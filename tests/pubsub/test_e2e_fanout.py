@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import quicframe
 from quicframe import ClientConfig, ServerConfig
+from quicframe._topic import DEFAULT_SEND_BUFFER
 from quicframe.errors import ErrorCode, RemoteError, SlowConsumer, UnknownTopic
 from quicframe.pubsub import HistoryGap, Subscribe, encode_control
 from quicframe.session import error_from_frame
@@ -379,3 +381,40 @@ async def read_to_end(stream: Stream) -> bytes:
     while data := await stream.receive_some():
         chunks.append(data)
     return b"".join(chunks)
+
+
+async def test_send_buffer_follows_the_subscription_policy(
+    server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    """A subscription that may drop frames keeps 64 KiB with the transport (the
+    rest stays in its queue, where it can be conflated); a BLOCK one, which drops
+    nothing, gets the connection's stream high-water mark; an explicit
+    ``send_buffer`` applies to both."""
+    ticks = tick_topic()
+    acks = ack_topic()
+    sized = quicframe.Topic("sized", frame=quicframe.OrderAck, send_buffer=5000)
+    router = quicframe.Router()
+    for topic in (ticks, acks, sized):
+        router.add_topic(topic)
+    with trio.fail_after(30):
+        async with (
+            serving(router, server_config) as server,
+            quicframe.connect("127.0.0.1", server.port, client_config) as client,
+            client.subscribe("md.ticks") as _ticks,
+            client.subscribe("md.ticks", policy="block") as _blocked_ticks,
+            client.subscribe("orders.acks") as _acks,
+            client.subscribe("sized") as _sized,
+        ):
+            await trio.testing.wait_all_tasks_blocked()
+            # Every subscription's writer is parked, waiting for frames.
+            marks = {
+                topic.name: sorted(d.stream.send_high_water_mark for d in topic._idle)
+                for topic in (ticks, acks, sized)
+            }
+    mark = server_config.stream_high_water_mark
+    assert mark != DEFAULT_SEND_BUFFER
+    assert marks == {
+        "md.ticks": sorted([DEFAULT_SEND_BUFFER, mark]),
+        "orders.acks": [mark],
+        "sized": [5000],
+    }

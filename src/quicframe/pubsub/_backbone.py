@@ -39,9 +39,8 @@ is gone, so "nothing missed" is never silently broken.
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable, Hashable
-from typing import Final, NamedTuple, Protocol
+from collections.abc import Hashable, Sequence
+from typing import Any, Final, NamedTuple, Protocol
 
 from ._errors import HistoryGap
 
@@ -140,22 +139,44 @@ class Backbone(Protocol):
 
 
 class InMemoryLog:
-    """A :class:`TopicLog` in process memory: a ring of the last ``history`` entries
+    """A :class:`TopicLog` in process memory: a ring of the last ``history`` frames
     and a dict of the latest entry per key.
 
-    Appending is O(1) with no allocation besides the ring slot and the dict entry;
+    Appending is O(1) with no allocation besides the ring slots and the dict entry;
     reading a range is O(length).  The snapshot holds one entry per distinct key
     ever published (for market data: one per instrument).
+
+    The ring is kept by column (keys, frames, urgencies, deadlines: four lists of
+    ``history`` slots) rather than as ``Entry`` tuples: the frames are bytes and
+    the other columns are usually ints, none of which the garbage collector
+    tracks, whereas a hundred thousand ``Entry`` tuples made every full
+    collection walk them (tens of milliseconds each, several per second of a
+    busy feed).  :meth:`read` builds the entries it returns.
     """
 
-    __slots__ = ("_base", "_capacity", "_head", "_latest", "_ring", "topic")
+    __slots__ = (
+        "_base",
+        "_capacity",
+        "_data",
+        "_deadlines",
+        "_head",
+        "_keys",
+        "_latest",
+        "_urgencies",
+        "topic",
+    )
 
     def __init__(self, topic: str, history: int = DEFAULT_HISTORY) -> None:
         if history < 0:
             raise ValueError(f"history must be >= 0, not {history}")
         self.topic = topic
         self._capacity = history
-        self._ring: list[Entry] = []
+        # The ring, one list per Entry field but seq (a slot's number follows from
+        # its position): equal lengths, at most ``history``.
+        self._keys: list[Hashable] = []
+        self._data: list[bytes] = []
+        self._urgencies: list[int] = []
+        self._deadlines: list[int] = []
         self._head = 0
         # Sequence number stored at ring index 0 before the ring wrapped: positions
         # are (seq - base) % capacity.
@@ -168,14 +189,17 @@ class InMemoryLog:
 
     @property
     def first_seq(self) -> int:
-        return self._head - len(self._ring) + 1
+        return self._head - len(self._data) + 1
 
     @property
     def capacity(self) -> int:
         return self._capacity
 
     def __len__(self) -> int:
-        return len(self._ring)
+        return len(self._data)
+
+    def _columns(self) -> tuple[list[Any], ...]:
+        return (self._keys, self._data, self._urgencies, self._deadlines)
 
     def append(self, entry: Entry, /) -> None:
         seq = entry[0]  # index access: this runs once per publish
@@ -186,15 +210,23 @@ class InMemoryLog:
                     f"{self._head}"
                 )
             # The numbers jumped (they come from elsewhere): history restarts here.
-            self._ring = []
+            for column in self._columns():
+                column.clear()
             self._base = seq
         self._head = seq
         self._latest[entry[1]] = entry
-        ring = self._ring
-        if len(ring) < self._capacity:
-            ring.append(entry)
-        elif ring:
-            ring[(seq - self._base) % self._capacity] = entry
+        data = self._data
+        if len(data) < self._capacity:
+            self._keys.append(entry[1])
+            data.append(entry[2])
+            self._urgencies.append(entry[3])
+            self._deadlines.append(entry[4])
+        elif data:
+            slot = (seq - self._base) % self._capacity
+            self._keys[slot] = entry[1]
+            data[slot] = entry[2]
+            self._urgencies[slot] = entry[3]
+            self._deadlines[slot] = entry[4]
 
     def extend(self, entries: list[Entry], /) -> None:
         """:meth:`append` each entry in turn, in fewer steps: the numbers must run on
@@ -217,29 +249,65 @@ class InMemoryLog:
             raise ValueError(
                 f"topic {self.topic!r}: entries {first}..{last} are not numbered in a run"
             )
-        self._head = last
-        self._latest.update(zip(map(_key_of, entries), entries, strict=True))
-        ring = self._ring
+        _, keys, datas, urgencies, deadlines = zip(*entries, strict=True)
+        self._latest.update(zip(keys, entries, strict=True))
+        self._put_run(first, (keys, datas, urgencies, deadlines))
+
+    def extend_batch(
+        self,
+        entries: list[Entry],
+        keys: list[Hashable],
+        datas: list[bytes],
+        urgency: int,
+        deadline_ns: int,
+        /,
+    ) -> None:
+        """:meth:`extend` for a publish batch whose columns the caller already has:
+        ``keys[i]`` and ``datas[i]`` are ``entries[i]``'s, and every entry has
+        ``urgency`` and ``deadline_ns`` (no pass over the entries to split them)."""
+        n = len(entries)
+        if not n:
+            return
+        first = entries[0][0]
+        if first != self._head + 1 or entries[-1][0] != first + n - 1:
+            self.extend(entries)  # the checks and errors of extend
+            return
+        self._latest.update(zip(keys, entries, strict=True))
+        self._put_run(first, (keys, datas, [urgency] * n, [deadline_ns] * n))
+
+    def _put_run(self, first: int, values: tuple[Sequence[Any], ...]) -> None:
+        """Record frames ``first..first + n - 1`` (``first`` is ``head + 1``) given
+        by column, in the order of :meth:`_columns`."""
+        n = len(values[0])
+        self._head = first + n - 1
+        columns = self._columns()
         capacity = self._capacity
-        room = capacity - len(ring)
+        room = capacity - len(self._data)
         if n <= room:
-            ring.extend(entries)
+            for column, new in zip(columns, values, strict=True):
+                column.extend(new)
             return
         if room > 0:
-            ring.extend(entries[:room])
-            entries = entries[room:]
-        if not ring:  # capacity 0: no history
+            for column, new in zip(columns, values, strict=True):
+                column.extend(new[:room])
+            values = tuple(new[room:] for new in values)
+            first += room
+            n -= room
+        if not self._data:  # capacity 0: no history
             return
-        if len(entries) > capacity:  # only the last ``capacity`` survive
-            entries = entries[-capacity:]
-        start = (entries[0][0] - self._base) % capacity
-        stop = start + len(entries)
-        if stop <= capacity:
-            ring[start:stop] = entries
-        else:
-            split = capacity - start
-            ring[start:] = entries[:split]
-            ring[: stop - capacity] = entries[split:]
+        if n > capacity:  # only the last ``capacity`` survive
+            values = tuple(new[-capacity:] for new in values)
+            first += n - capacity
+            n = capacity
+        start = (first - self._base) % capacity
+        stop = start + n
+        for column, new in zip(columns, values, strict=True):
+            if stop <= capacity:
+                column[start:stop] = new
+            else:
+                split = capacity - start
+                column[start:] = new[:split]
+                column[: stop - capacity] = new[split:]
 
     def read(self, from_seq: int, limit: int, /) -> list[Entry]:
         first = self.first_seq
@@ -248,13 +316,16 @@ class InMemoryLog:
         last = min(self._head, from_seq + limit - 1)
         if last < from_seq:
             return []
-        ring = self._ring
-        capacity = self._capacity
-        start = (from_seq - self._base) % capacity
+        size = len(self._data)
+        start = (from_seq - self._base) % self._capacity
         stop = start + (last - from_seq + 1)
-        if stop <= len(ring):
-            return ring[start:stop]
-        return ring[start:] + ring[: stop - len(ring)]
+        if stop <= size:
+            keys, datas, urgencies, deadlines = (c[start:stop] for c in self._columns())
+        else:
+            keys, datas, urgencies, deadlines = (
+                c[start:] + c[: stop - size] for c in self._columns()
+            )
+        return list(map(Entry, range(from_seq, last + 1), keys, datas, urgencies, deadlines))
 
     def snapshot(self) -> Snapshot:
         entries = sorted(self._latest.values(), key=_seq_of)
@@ -263,9 +334,6 @@ class InMemoryLog:
 
 def _seq_of(entry: Entry) -> int:
     return entry.seq
-
-
-_key_of: Final[Callable[[Entry], Hashable]] = operator.itemgetter(1)
 
 
 class InMemoryBackbone:

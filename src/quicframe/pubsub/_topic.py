@@ -232,6 +232,9 @@ class TopicCore(Generic[T]):
         self._append = self.log.append
         # Batches go to the log in one call when it can take them (InMemoryLog).
         self._extend: Callable[[list[Entry]], None] | None = getattr(self.log, "extend", None)
+        self._extend_batch: (
+            Callable[[list[Entry], list[Any], list[bytes], int, int], None] | None
+        ) = getattr(self.log, "extend_batch", None)
         self._seq = self.log.head
         if policy is None:
             policy = Policy.CONFLATE if frame is MarketTick else Policy.BLOCK
@@ -332,9 +335,11 @@ class TopicCore(Generic[T]):
             values = values[start : start + n]
         first = self._seq + 1
         stale = self.stale_after_ns
+        deadline = now_ns + stale if stale is not None else 0
+        urgency = self.urgency
         try:
             datas = self._stamp_many(values, first, now_ns)
-            keys: Any = map(self._key, values) if self._keyed else itertools.repeat(None, n)
+            keys: list[Any] = list(map(self._key, values)) if self._keyed else [None] * n
             # A partial of tuple.__new__: C calls only.  (Not map(tuple.__new__,
             # repeat(Entry), ...): see FrameDecoder.drain_values, it crashed 3.11.7.)
             entries: list[Entry] = list(
@@ -344,8 +349,8 @@ class TopicCore(Generic[T]):
                         range(first, first + n),
                         keys,
                         datas,
-                        itertools.repeat(self.urgency, n),
-                        itertools.repeat(now_ns + stale if stale is not None else 0, n),
+                        itertools.repeat(urgency, n),
+                        itertools.repeat(deadline, n),
                         strict=True,
                     ),
                 )
@@ -356,7 +361,9 @@ class TopicCore(Generic[T]):
             for value in values:
                 self.publish(value, now_ns)
             return n
-        if self._extend is not None:
+        if self._extend_batch is not None:
+            self._extend_batch(entries, keys, datas, urgency, deadline)
+        elif self._extend is not None:
             self._extend(entries)
         else:
             append = self._append
