@@ -117,6 +117,7 @@ def test_history_holds_no_entry_tuples() -> None:
     tuples for every full collection to walk.  Only the latest entry per key (the
     snapshot) stays an Entry."""
     topic = TopicCore("md.ticks", MarketTick, key=lambda t: t.instrument_id, history=5000)
+    queue = topic.attach(policy="block", capacity=20_000)
     values = [tick(i % 10) for i in range(1000)]
     gc.collect()
     before = sum(type(o) is Entry for o in gc.get_objects())
@@ -126,6 +127,12 @@ def test_history_holds_no_entry_tuples() -> None:
     gc.collect()
     after = sum(type(o) is Entry for o in gc.get_objects())
     assert after - before <= 10
+    # Queued entries are plain tuples too, which the collector no longer tracks
+    # once it has seen them: a subscriber's backlog does not age into the oldest
+    # generation.
+    assert len(queue) == 8001
+    assert not any(map(gc.is_tracked, queue._entries))
+    assert [e.seq for e in queue.pop_many(0, 2)] == [1, 2]
     log = topic.log
     assert isinstance(log, InMemoryLog)
     assert len(log) == 5000

@@ -35,12 +35,12 @@ def test_publish_stamps_seq_and_send_time_and_encodes_once() -> None:
     assert topic.publish(tick(7, price=101), now_ns=T0 + 5) == 1
     assert topic.publish(tick(8, price=102), now_ns=T0 + 9) == 2
     assert topic.head == 2
-    firsts = [q.pop(0) for q in queues]
-    assert all(e is not None for e in firsts)
-    # The very same Entry, hence the very same bytes object, in every queue.
-    assert firsts[0] is firsts[1] is firsts[2]
+    firsts = [e for e in (q.pop(0) for q in queues) if e is not None]
+    assert len(firsts) == 3
+    # Encoded once: the very same bytes object in every queue.
+    assert firsts[0].data is firsts[1].data is firsts[2].data
+    assert firsts[0] == firsts[1] == firsts[2]
     entry = firsts[0]
-    assert entry is not None
     assert MARKET_TICK_CODEC.decode(decode_frame(entry.data).body) == MarketTick(
         seq=1, event_time_ns=T0, send_time_ns=T0 + 5, price=101, quantity=1, instrument_id=7
     )

@@ -27,6 +27,7 @@ from ._backbone import (
     Entry as Entry,
     InMemoryBackbone as InMemoryBackbone,
     InMemoryLog as InMemoryLog,
+    Record as Record,
     Snapshot as Snapshot,
     TopicLog as TopicLog,
 )

@@ -50,6 +50,7 @@ __all__ = [
     "Entry",
     "InMemoryBackbone",
     "InMemoryLog",
+    "Record",
     "Snapshot",
     "TopicLog",
 ]
@@ -61,8 +62,10 @@ DEFAULT_HISTORY: Final = 100_000
 class Entry(NamedTuple):
     """One published frame: what the history keeps and what every queue holds.
 
-    One ``Entry`` is built per publish and shared by the history and by every
-    subscriber queue, like the encoded ``data`` it carries.
+    One entry is built per publish and shared by the history and by every
+    subscriber queue, like the encoded ``data`` it carries.  Inside the topic
+    core, the queues and the in-memory log it travels as a :data:`Record` (the
+    same fields in a plain tuple); what they hand out is an ``Entry``.
 
     Attributes:
         seq: the topic sequence number (also inside ``data``).
@@ -79,6 +82,15 @@ class Entry(NamedTuple):
     data: bytes
     urgency: int = 0
     deadline_ns: int = 0
+
+
+Record = tuple[int, Hashable, bytes, int, int]
+"""An :class:`Entry`'s fields in a plain tuple: how the topic core, the queues and
+the in-memory log hold entries.  CPython's garbage collector stops tracking a
+plain tuple of ints and bytes the first time it looks at it, but tracks an
+``Entry`` (a tuple subclass) for life: thousands of queued entries then kept
+surviving young collections into the oldest generation, and triggered full
+collections that walked them all.  An ``Entry`` is a ``Record`` too."""
 
 
 class Snapshot(NamedTuple):
@@ -181,7 +193,7 @@ class InMemoryLog:
         # Sequence number stored at ring index 0 before the ring wrapped: positions
         # are (seq - base) % capacity.
         self._base = 1
-        self._latest: dict[Hashable, Entry] = {}
+        self._latest: dict[Hashable, Record] = {}
 
     @property
     def head(self) -> int:
@@ -201,7 +213,7 @@ class InMemoryLog:
     def _columns(self) -> tuple[list[Any], ...]:
         return (self._keys, self._data, self._urgencies, self._deadlines)
 
-    def append(self, entry: Entry, /) -> None:
+    def append(self, entry: Record, /) -> None:
         seq = entry[0]  # index access: this runs once per publish
         if seq != self._head + 1:
             if seq <= self._head:
@@ -228,7 +240,7 @@ class InMemoryLog:
             self._urgencies[slot] = entry[3]
             self._deadlines[slot] = entry[4]
 
-    def extend(self, entries: list[Entry], /) -> None:
+    def extend(self, entries: Sequence[Record], /) -> None:
         """:meth:`append` each entry in turn, in fewer steps: the numbers must run on
         from the head without a hole (``head + 1``, ``head + 2``...).
 
@@ -255,7 +267,7 @@ class InMemoryLog:
 
     def extend_batch(
         self,
-        entries: list[Entry],
+        entries: Sequence[Record],
         keys: list[Hashable],
         datas: list[bytes],
         urgency: int,
@@ -328,12 +340,12 @@ class InMemoryLog:
         return list(map(Entry, range(from_seq, last + 1), keys, datas, urgencies, deadlines))
 
     def snapshot(self) -> Snapshot:
-        entries = sorted(self._latest.values(), key=_seq_of)
-        return Snapshot(self._head, entries)
+        records = sorted(self._latest.values(), key=_seq_of)
+        return Snapshot(self._head, list(map(Entry._make, records)))
 
 
-def _seq_of(entry: Entry) -> int:
-    return entry.seq
+def _seq_of(entry: Record) -> int:
+    return entry[0]
 
 
 class InMemoryBackbone:

@@ -1,8 +1,11 @@
 """Per-subscriber bounded queues and their slow-consumer policies (sans-IO).
 
 Each subscription owns one :class:`SubscriberQueue`.  The topic puts the *same*
-:class:`~quicframe.pubsub.Entry` (and so the same encoded bytes) into every queue;
-the connection's sender pops entries when the transport can take more.  What
+entry (and so the same encoded bytes) into every queue; the connection's sender
+pops entries when the transport can take more.  Queues hold entries as plain
+tuples (:data:`~quicframe.pubsub.Record`), which the garbage collector stops
+tracking, and hand out :class:`~quicframe.pubsub.Entry` objects (:meth:`pop`,
+:meth:`pop_many`) or just the frames (:meth:`pop_data`, the sender's path).  What
 happens when a subscriber does not keep up is the queue's :class:`Policy`.
 
 Memory is bounded in every policy: CONFLATE holds at most one entry per key and
@@ -15,15 +18,16 @@ failed as a slow consumer rather than allowed to grow).
 from __future__ import annotations
 
 import enum
+import functools
 import operator
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from itertools import repeat, starmap
-from typing import Final
+from typing import Any, Final
 
 from ..wire._errors import SlowConsumer
-from ._backbone import Entry
+from ._backbone import Entry, Record
 from ._errors import HistoryGap, slow_consumer
 
 __all__ = [
@@ -36,6 +40,9 @@ __all__ = [
 
 _deadline_of: Final = operator.itemgetter(4)
 _data_of: Final = operator.itemgetter(2)
+# A partial of tuple.__new__: a record becomes an Entry with C calls only.
+_tuple_new: Final[Callable[[type[Any], Record], Any]] = tuple.__new__
+_as_entry: Final[Callable[[Record], Entry]] = functools.partial(_tuple_new, Entry)
 
 DEFAULT_QUEUE_SIZE: Final = 4096
 """Default queue capacity (entries, or keys for CONFLATE)."""
@@ -174,8 +181,8 @@ class SubscriberQueue:
         self._bytes = 0  # counted only with max_bytes (frames of varying size)
         self.urgency = urgency
         self.block_limit = 2 * capacity if block_limit is None else max(block_limit, capacity)
-        self._entries: deque[Entry] = deque()
-        self._latest: OrderedDict[Hashable, Entry] = OrderedDict()
+        self._entries: deque[Record] = deque()
+        self._latest: OrderedDict[Hashable, Record] = OrderedDict()
         self.delivered = 0
         self.dropped = 0
         self.conflated = 0
@@ -186,13 +193,13 @@ class SubscriberQueue:
         # Frames a remote backbone lost before this edge could read them, reported
         # by the subscription once its live frames reach them (TopicCore.mark_gap).
         self.gap: HistoryGap | None = None
-        puts: dict[Policy, Callable[[Entry], bool]] = {
+        puts: dict[Policy, Callable[[Record], bool]] = {
             Policy.CONFLATE: self._put_conflate,
             Policy.DROP_OLDEST: self._put_drop_oldest,
             Policy.DISCONNECT: self._put_disconnect,
             Policy.BLOCK: self._put_block,
         }
-        put_manys: dict[Policy, Callable[[list[Entry]], bool]] = {
+        put_manys: dict[Policy, Callable[[Sequence[Record]], bool]] = {
             Policy.CONFLATE: self._put_many_each,
             Policy.DROP_OLDEST: self._put_many_drop_oldest,
             Policy.DISCONNECT: self._put_many_each,
@@ -206,14 +213,14 @@ class SubscriberQueue:
                 Policy.BLOCK: self._put_block_counted,
             }
             put_manys = dict.fromkeys(Policy, self._put_many_each)
-        self.put: Callable[[Entry], bool] = puts[self.policy]
+        self.put: Callable[[Record], bool] = puts[self.policy]
         # ``put_many(entries)`` is ``put`` for each entry in turn, returning True if
         # any of them did (the publish path of a batch: one call per subscriber).
-        self.put_many: Callable[[list[Entry]], bool] = put_manys[self.policy]
+        self.put_many: Callable[[Sequence[Record]], bool] = put_manys[self.policy]
 
     # -- putting (the publish path: one call per subscriber per publish) -------------
 
-    def _put_conflate(self, entry: Entry) -> bool:
+    def _put_conflate(self, entry: Record) -> bool:
         latest = self._latest
         if latest.pop(entry[1], None) is not None:
             self.conflated += 1
@@ -229,7 +236,7 @@ class SubscriberQueue:
             self.high_water = depth
         return False
 
-    def _put_drop_oldest(self, entry: Entry) -> bool:
+    def _put_drop_oldest(self, entry: Record) -> bool:
         entries = self._entries
         entries.append(entry)
         depth = len(entries)
@@ -241,7 +248,7 @@ class SubscriberQueue:
             self.high_water = depth
         return False
 
-    def _put_disconnect(self, entry: Entry) -> bool:
+    def _put_disconnect(self, entry: Record) -> bool:
         entries = self._entries
         if len(entries) >= self.capacity:
             self.fail(slow_consumer(self.topic, len(entries) + 1, self.capacity))
@@ -252,7 +259,7 @@ class SubscriberQueue:
             self.high_water = len(entries)
         return False
 
-    def _put_block(self, entry: Entry) -> bool:
+    def _put_block(self, entry: Record) -> bool:
         entries = self._entries
         entries.append(entry)
         depth = len(entries)
@@ -266,7 +273,7 @@ class SubscriberQueue:
 
     # The same, counting bytes (max_bytes with frames of varying size).
 
-    def _put_conflate_counted(self, entry: Entry) -> bool:
+    def _put_conflate_counted(self, entry: Record) -> bool:
         latest = self._latest
         old = latest.pop(entry[1], None)
         if old is not None:
@@ -277,7 +284,7 @@ class SubscriberQueue:
         self._trim_counted(len(latest))
         return False
 
-    def _put_drop_oldest_counted(self, entry: Entry) -> bool:
+    def _put_drop_oldest_counted(self, entry: Record) -> bool:
         self._entries.append(entry)
         self._bytes += len(entry[2])
         self._trim_counted(len(self._entries))
@@ -295,7 +302,7 @@ class SubscriberQueue:
         if depth > self.high_water:
             self.high_water = depth
 
-    def _put_disconnect_counted(self, entry: Entry) -> bool:
+    def _put_disconnect_counted(self, entry: Record) -> bool:
         assert self.max_bytes is not None
         entries = self._entries
         size = len(entry[2])
@@ -313,7 +320,7 @@ class SubscriberQueue:
             self.high_water = len(entries)
         return False
 
-    def _put_block_counted(self, entry: Entry) -> bool:
+    def _put_block_counted(self, entry: Record) -> bool:
         assert self.max_bytes is not None
         entries = self._entries
         entries.append(entry)
@@ -329,13 +336,13 @@ class SubscriberQueue:
             self.fail(slow_consumer(self.topic, self._bytes, 2 * self.max_bytes, unit="bytes"))
         return True
 
-    def _put_closed(self, entry: Entry) -> bool:
+    def _put_closed(self, entry: Record) -> bool:
         return False
 
-    def _put_many_closed(self, entries: list[Entry]) -> bool:
+    def _put_many_closed(self, entries: Sequence[Record]) -> bool:
         return False
 
-    def _put_many_each(self, entries: list[Entry]) -> bool:
+    def _put_many_each(self, entries: Sequence[Record]) -> bool:
         acted = False
         for entry in entries:
             if self.put(entry):  # self.put: a failed queue rebinds it
@@ -344,7 +351,7 @@ class SubscriberQueue:
                     break  # failed: the rest would be refused anyway
         return acted
 
-    def _put_many_drop_oldest(self, entries: list[Entry]) -> bool:
+    def _put_many_drop_oldest(self, entries: Sequence[Record]) -> bool:
         queued = self._entries
         queued.extend(entries)
         depth = len(queued)
@@ -366,7 +373,7 @@ class SubscriberQueue:
             self.high_water = depth
         return False
 
-    def _put_many_block(self, entries: list[Entry]) -> bool:
+    def _put_many_block(self, entries: Sequence[Record]) -> bool:
         n = len(entries)
         queued = self._entries
         if len(queued) + n > self.block_limit:
@@ -440,35 +447,27 @@ class SubscriberQueue:
 
     def pop(self, now_ns: int) -> Entry | None:
         """The next entry to send, or None.  Stale entries are dropped on the way."""
-        if self.max_bytes is not None:
-            return self._pop_counted(now_ns)
-        if self.policy is Policy.CONFLATE:
-            latest = self._latest
-            while latest:
-                entry = latest.popitem(last=False)[1]
-                if entry[4] and entry[4] < now_ns:
-                    self.stale += 1
-                    continue
-                self.delivered += 1
-                return entry
-            return None
-        entries = self._entries
-        while entries:
-            entry = entries.popleft()
-            if entry[4] and entry[4] < now_ns:
-                self.stale += 1
-                continue
-            self.delivered += 1
-            return entry
-        return None
-
-    def _pop_counted(self, now_ns: int) -> Entry | None:
-        out = self._pop_many_counted(now_ns, 1)
-        return out[0] if out else None
+        taken = self._take(now_ns, 1)
+        while not taken and len(self):  # the first was stale: the next, then
+            taken = self._take(now_ns, 1)
+        return _as_entry(taken[0]) if taken else None
 
     def pop_many(self, now_ns: int, max_items: int) -> list[Entry]:
         """Up to ``max_items`` entries to send, in order; stale ones are dropped."""
-        out: list[Entry] = []
+        return list(map(_as_entry, self._take(now_ns, max_items)))
+
+    def pop_data(self, now_ns: int, max_items: int, after_seq: int = 0) -> list[bytes]:
+        """The frames of :meth:`pop_many`'s entries, less those numbered ``after_seq``
+        or below (already sent, by a replay say): the sender's path, which needs
+        nothing else of an entry."""
+        taken = self._take(now_ns, max_items)
+        if taken and taken[0][0] <= after_seq:
+            return [record[2] for record in taken if record[0] > after_seq]
+        return list(map(_data_of, taken))
+
+    def _take(self, now_ns: int, max_items: int) -> list[Record]:
+        """Up to ``max_items`` records, in order; stale ones are dropped."""
+        out: list[Record] = []
         if self.max_bytes is not None:
             return self._pop_many_counted(now_ns, max_items)
         if self.policy is Policy.CONFLATE:
@@ -496,9 +495,9 @@ class SubscriberQueue:
         self.delivered += len(out)
         return out
 
-    def _pop_many_counted(self, now_ns: int, max_items: int) -> list[Entry]:
-        """pop_many while counting bytes: everything taken leaves the count."""
-        out: list[Entry] = []
+    def _pop_many_counted(self, now_ns: int, max_items: int) -> list[Record]:
+        """_take while counting bytes: everything taken leaves the count."""
+        out: list[Record] = []
         while not out and len(self):
             if self.policy is Policy.CONFLATE:
                 latest = self._latest

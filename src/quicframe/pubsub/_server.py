@@ -21,7 +21,6 @@ stream carries the control frames and the snapshot.
 
 from __future__ import annotations
 
-import operator
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final
@@ -58,7 +57,6 @@ __all__ = [
     "read_subscribe",
 ]
 
-_data_of: Final = operator.itemgetter(2)  # Entry.data
 
 DEFAULT_REPLAY_CHUNK: Final = 1024
 DEFAULT_MAX_QUEUE_SIZE: Final = 65_536
@@ -277,13 +275,7 @@ class ServerSubscription:
             return self._to_gap(now_ns, max_frames)
         if self.datagram:
             return []
-        entries = self.queue.pop_many(now_ns, max_frames)
-        if not entries:
-            return []
-        watermark = self._watermark
-        if entries[0].seq <= watermark:
-            return [e.data for e in entries if e.seq > watermark]
-        return list(map(_data_of, entries))
+        return self.queue.pop_data(now_ns, max_frames, self._watermark)
 
     def _to_gap(self, now_ns: int, max_frames: int) -> list[bytes]:
         """Live frames up to the gap a remote backbone reported (``queue.gap``), then

@@ -20,7 +20,15 @@ from ..wire import FixedLayoutCodec, MarketTick, OrderAck, default_registry
 from ..wire._errors import ErrorCode, LocalProtocolError
 from ..wire._frame import HEADER
 from ..wire._registry import FrameRegistry
-from ._backbone import DEFAULT_HISTORY, Backbone, Entry, InMemoryBackbone, TopicLog
+from ._backbone import (
+    DEFAULT_HISTORY,
+    Backbone,
+    Entry,
+    InMemoryBackbone,
+    InMemoryLog,
+    Record,
+    TopicLog,
+)
 from ._errors import HistoryGap
 from ._queue import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_QUEUE_SIZE, Policy, SubscriberQueue
 
@@ -229,12 +237,24 @@ class TopicCore(Generic[T]):
             self.log: TopicLog = backbone.log(name, history)
         else:
             self.log = backbone.log(name)
-        self._append = self.log.append
-        # Batches go to the log in one call when it can take them (InMemoryLog).
-        self._extend: Callable[[list[Entry]], None] | None = getattr(self.log, "extend", None)
+        # Entries travel as plain tuples (Record, see there).  The in-memory log
+        # takes them so, and batches in one call; another log gets Entry objects,
+        # as its protocol promises.
         self._extend_batch: (
-            Callable[[list[Entry], list[Any], list[bytes], int, int], None] | None
-        ) = getattr(self.log, "extend_batch", None)
+            Callable[[list[Record], list[Any], list[bytes], int, int], None] | None
+        ) = None
+        self._extend: Callable[[list[Entry]], None] | None = None
+        if isinstance(self.log, InMemoryLog):
+            self._append: Callable[[Record], None] = self.log.append
+            self._extend_batch = self.log.extend_batch
+        else:
+            log_append = self.log.append
+
+            def append_entry(record: Record) -> None:
+                log_append(_new_entry(record))
+
+            self._append = append_entry
+            self._extend = getattr(self.log, "extend", None)
         self._seq = self.log.head
         if policy is None:
             policy = Policy.CONFLATE if frame is MarketTick else Policy.BLOCK
@@ -295,10 +315,13 @@ class TopicCore(Generic[T]):
                 operation="publish",
             ) from None
         stale = self.stale_after_ns
-        # One Entry per publish, shared by the history and every queue.
-        entry: Entry = _tuple_new(
-            Entry,
-            (seq, self._key(value), data, self.urgency, now_ns + stale if stale is not None else 0),
+        # One record per publish, shared by the history and every queue.
+        entry: Record = (
+            seq,
+            self._key(value),
+            data,
+            self.urgency,
+            now_ns + stale if stale is not None else 0,
         )
         self._append(entry)
         self._seq = seq
@@ -340,19 +363,15 @@ class TopicCore(Generic[T]):
         try:
             datas = self._stamp_many(values, first, now_ns)
             keys: list[Any] = list(map(self._key, values)) if self._keyed else [None] * n
-            # A partial of tuple.__new__: C calls only.  (Not map(tuple.__new__,
-            # repeat(Entry), ...): see FrameDecoder.drain_values, it crashed 3.11.7.)
-            entries: list[Entry] = list(
-                map(
-                    _new_entry,
-                    zip(
-                        range(first, first + n),
-                        keys,
-                        datas,
-                        itertools.repeat(urgency, n),
-                        itertools.repeat(deadline, n),
-                        strict=True,
-                    ),
+            # Plain tuples straight from zip (Record): no call per entry.
+            entries: list[Record] = list(
+                zip(
+                    range(first, first + n),
+                    keys,
+                    datas,
+                    itertools.repeat(urgency, n),
+                    itertools.repeat(deadline, n),
+                    strict=True,
                 )
             )
         except Exception:
@@ -364,7 +383,7 @@ class TopicCore(Generic[T]):
         if self._extend_batch is not None:
             self._extend_batch(entries, keys, datas, urgency, deadline)
         elif self._extend is not None:
-            self._extend(entries)
+            self._extend(list(map(_new_entry, entries)))
         else:
             append = self._append
             for entry in entries:
@@ -382,7 +401,7 @@ class TopicCore(Generic[T]):
         ``data`` must already carry ``seq``; ``seq`` must be above :attr:`head`.
         """
         stale = self.stale_after_ns
-        entry = Entry(seq, key, data, self.urgency, now_ns + stale if stale is not None else 0)
+        entry: Record = (seq, key, data, self.urgency, now_ns + stale if stale is not None else 0)
         self._append(entry)
         self._seq = seq
         for queue in self._queues:
