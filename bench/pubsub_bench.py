@@ -198,20 +198,18 @@ async def server_main(port: int, send_buffer: int | None, flood_batch: int) -> N
     )
     router = quicframe.Router()
 
-    def instrument(tick: Any) -> int:
-        return int(tick.instrument_id)
-
+    # Keyed by instrument, named as a field: the topic reads it in C.
     block: quicframe.Topic[Any] = quicframe.Topic(
         BLOCK_TOPIC,
         frame=quicframe.MarketTick,
-        key=instrument,
+        key="instrument_id",
         policy="block",
         send_buffer=send_buffer,
     )
     flood: quicframe.Topic[Any] = quicframe.Topic(
         FLOOD_TOPIC,
         frame=quicframe.MarketTick,
-        key=instrument,
+        key="instrument_id",
         policy="conflate",
         send_buffer=send_buffer,
     )

@@ -211,3 +211,19 @@ def test_stamper_needs_a_registered_class_with_seq() -> None:
         make_stamper(NoSeq, reg)
     with pytest.raises(TypeError, match="not a registered"):
         TopicCore("x", NoSeq)
+
+
+def test_a_field_name_keys_values() -> None:
+    """``key="instrument_id"`` keys by that field (read in C), as the lambda would."""
+    by_name = TopicCore("md.ticks", MarketTick, key="instrument_id")
+    by_function = TopicCore("md.ticks", MarketTick, key=lambda t: t.instrument_id)
+    values = [tick(i % 3, price=100 + i) for i in range(7)]
+    for topic in (by_name, by_function):
+        topic.publish_many(values[:4], T0)
+        topic.publish(values[4], T0)
+        topic.publish_many(values[5:], T0)
+    name_snapshot = by_name.log.snapshot()
+    assert name_snapshot == by_function.log.snapshot()
+    assert [(e.seq, e.key) for e in name_snapshot.entries] == [(5, 1), (6, 2), (7, 0)]
+    with pytest.raises(ValueError, match="no field 'instrument'"):
+        TopicCore("md.ticks", MarketTick, key="instrument")

@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import functools
 import itertools
+import operator
 import struct
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Final, Generic, TypeVar
@@ -172,6 +173,22 @@ def _constant_key(value: object) -> None:
     return None
 
 
+def _field_key(frame: type[Any], name: str) -> Callable[[Any], Hashable]:
+    """The key function reading field ``name`` of a ``frame`` value, in C
+    (``operator.attrgetter``): a fraction of a Python function's call per publish.
+
+    Raises:
+        ValueError: ``frame`` has no field ``name``.
+    """
+    fields: tuple[str, ...] | None = getattr(frame, "_fields", None)
+    if fields is None and dataclasses.is_dataclass(frame):
+        fields = tuple(f.name for f in dataclasses.fields(frame))
+    if fields is None or name not in fields:
+        raise ValueError(f"{frame.__name__} has no field {name!r} to key values by")
+    getter: Callable[[Any], Hashable] = operator.attrgetter(name)
+    return getter
+
+
 class TopicCore(Generic[T]):
     """One topic, without I/O: numbering, encoding, history and fan-out.
 
@@ -179,9 +196,11 @@ class TopicCore(Generic[T]):
         name: the topic name subscribers ask for (e.g. ``"md.ticks"``).
         frame: the frame class published (a registered frame class with a ``seq``
             field, and ideally ``send_time_ns``: ``MarketTick``, ``OrderAck``...).
-        key: the key of a value (e.g. ``lambda t: t.instrument_id``): conflation and
-            the snapshot keep the latest value per key.  Without one, every value has
-            the same key (the snapshot is the last value published).
+        key: the key of a value (e.g. ``lambda t: t.instrument_id``), or the name
+            of the frame's field that is the key (``"instrument_id"``: read in C,
+            the cheaper choice on a busy feed): conflation and the snapshot keep
+            the latest value per key.  Without one, every value has the same key
+            (the snapshot is the last value published).
         history: frames of history kept for replay (in-memory backbone).
         backbone: where the sequence, history and last values live (default: a new
             :class:`InMemoryBackbone`).
@@ -202,7 +221,7 @@ class TopicCore(Generic[T]):
         name: str,
         frame: type[T],
         *,
-        key: Callable[[T], Hashable] | None = None,
+        key: Callable[[T], Hashable] | str | None = None,
         history: int = DEFAULT_HISTORY,
         backbone: Backbone | None = None,
         policy: Policy | str | None = None,
@@ -229,6 +248,8 @@ class TopicCore(Generic[T]):
         )
         self._stamp = make_stamper(frame, registry)
         self._stamp_many = make_batch_stamper(frame, registry)
+        if isinstance(key, str):
+            key = _field_key(frame, key)
         self._key: Callable[[T], Hashable] = key if key is not None else _constant_key
         self._keyed = key is not None
         if backbone is None:
