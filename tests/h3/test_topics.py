@@ -20,6 +20,7 @@ import trio
 
 import quicframe
 from quicframe import ClientConfig, MarketTick, ServerConfig
+from quicframe._topic import DEFAULT_SEND_BUFFER
 from quicframe.errors import InvalidArgument
 from quicframe.h3 import gateway_of
 from quicframe.h3._mapping import EVENT_STREAM, RECORDS, choose_stream_type
@@ -291,12 +292,16 @@ async def test_block_delivers_every_frame_in_order(
 
 
 @deadline(20)
+@pytest.mark.parametrize("send_buffer", [2048, None])
 async def test_conflate_keeps_a_stalled_client_bounded_and_sends_the_latest_per_key(
-    server_config: ServerConfig, certificate: Certificate
+    server_config: ServerConfig, certificate: Certificate, send_buffer: int | None
 ) -> None:
+    """With the topic's send buffer, or by default the 64 KiB a subscription that
+    may drop frames keeps (not the connection's larger stream high-water mark)."""
     count = 5000
-    send_buffer = 2048
     topic = ticks_topic(send_buffer=send_buffer)
+    if send_buffer is None:
+        send_buffer = DEFAULT_SEND_BUFFER
     async with (
         gateway(server_config, topic) as server,
         h3_client(server.port, certificate.path) as stalled,

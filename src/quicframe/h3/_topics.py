@@ -17,7 +17,7 @@ one *record* of the response instead:
   events (``subscribed``, ``snapshot``, ``gap``, ``error``).
 
 The driver works like the native one (``quicframe._topic._Driver``): it hands the
-transport at most the topic's ``send_buffer`` bytes of this response and leaves
+transport at most the topic's send buffer (``Topic.send_buffer_for``) of this response and leaves
 the rest in the subscription's queue, where the policy applies while the client
 is slow.  See ``docs/http3.md`` for the record fields and query parameters.
 """
@@ -290,7 +290,7 @@ class SubscriptionDriver(_Driver):
         topic = self.topic
         sub = self.sub
         stream.urgency = stream_urgency(sub.queue.urgency)
-        stream.send_high_water_mark = topic.send_buffer
+        stream.send_high_water_mark = topic.send_buffer_for(sub.queue.policy)
         stream._stop_callback = self._stopped
         try:
             await self._pump()
