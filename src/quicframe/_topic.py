@@ -480,8 +480,12 @@ class _Driver:
         datagram = sub.datagram
         connection = self.connection
         while True:
-            # The room first: while the stream holds its mark, frames wait in the queue.
-            await stream.wait_send_all_might_not_block()
+            # The room first: while the stream holds its mark, frames wait in the
+            # queue.  With room, no checkpoint: this task yields when the queue is
+            # empty (it parks below) or the stream full, so a publisher's batch is
+            # taken in one step, and the queue's capacity bounds the steps between.
+            if stream._send_buffered() > stream.send_high_water_mark:
+                await stream.wait_send_all_might_not_block()
             while sub.request is not None:
                 remote = topic._remote
                 if remote is not None and remote.wants(topic, sub):
