@@ -39,7 +39,8 @@ is gone, so "nothing missed" is never silently broken.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import functools
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Final, NamedTuple, Protocol
 
 from ._errors import HistoryGap
@@ -91,6 +92,12 @@ plain tuple of ints and bytes the first time it looks at it, but tracks an
 ``Entry`` (a tuple subclass) for life: thousands of queued entries then kept
 surviving young collections into the oldest generation, and triggered full
 collections that walked them all.  An ``Entry`` is a ``Record`` too."""
+
+_tuple_new: Final[Callable[[type[Any], Record], Any]] = tuple.__new__
+entry_of: Final[Callable[[Record], Entry]] = functools.partial(_tuple_new, Entry)
+"""The :class:`Entry` of a record, with C calls only (a partial of ``tuple.__new__``;
+not ``map(tuple.__new__, repeat(Entry), ...)``, which crashed CPython 3.11.7: see
+``FrameDecoder.drain_values``)."""
 
 
 class Snapshot(NamedTuple):
@@ -341,7 +348,7 @@ class InMemoryLog:
 
     def snapshot(self) -> Snapshot:
         records = sorted(self._latest.values(), key=_seq_of)
-        return Snapshot(self._head, list(map(Entry._make, records)))
+        return Snapshot(self._head, list(map(entry_of, records)))
 
 
 def _seq_of(entry: Record) -> int:

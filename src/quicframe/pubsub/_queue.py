@@ -18,16 +18,15 @@ failed as a slow consumer rather than allowed to grow).
 from __future__ import annotations
 
 import enum
-import functools
 import operator
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from itertools import repeat, starmap
-from typing import Any, Final
+from typing import Final
 
 from ..wire._errors import SlowConsumer
-from ._backbone import Entry, Record
+from ._backbone import Entry, Record, entry_of
 from ._errors import HistoryGap, slow_consumer
 
 __all__ = [
@@ -40,9 +39,6 @@ __all__ = [
 
 _deadline_of: Final = operator.itemgetter(4)
 _data_of: Final = operator.itemgetter(2)
-# A partial of tuple.__new__: a record becomes an Entry with C calls only.
-_tuple_new: Final[Callable[[type[Any], Record], Any]] = tuple.__new__
-_as_entry: Final[Callable[[Record], Entry]] = functools.partial(_tuple_new, Entry)
 
 DEFAULT_QUEUE_SIZE: Final = 4096
 """Default queue capacity (entries, or keys for CONFLATE)."""
@@ -450,11 +446,11 @@ class SubscriberQueue:
         taken = self._take(now_ns, 1)
         while not taken and len(self):  # the first was stale: the next, then
             taken = self._take(now_ns, 1)
-        return _as_entry(taken[0]) if taken else None
+        return entry_of(taken[0]) if taken else None
 
     def pop_many(self, now_ns: int, max_items: int) -> list[Entry]:
         """Up to ``max_items`` entries to send, in order; stale ones are dropped."""
-        return list(map(_as_entry, self._take(now_ns, max_items)))
+        return list(map(entry_of, self._take(now_ns, max_items)))
 
     def pop_data(self, now_ns: int, max_items: int, after_seq: int = 0) -> list[bytes]:
         """The frames of :meth:`pop_many`'s entries, less those numbered ``after_seq``

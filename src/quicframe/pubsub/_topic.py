@@ -29,6 +29,7 @@ from ._backbone import (
     InMemoryLog,
     Record,
     TopicLog,
+    entry_of,
 )
 from ._errors import HistoryGap
 from ._queue import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_QUEUE_SIZE, Policy, SubscriberQueue
@@ -37,8 +38,6 @@ __all__ = ["TopicCore", "Urgency", "make_batch_stamper", "make_stamper"]
 
 T = TypeVar("T")
 
-_tuple_new: Final[Callable[[type[Any], tuple[Any, ...]], Any]] = tuple.__new__
-_new_entry: Final[Callable[[tuple[Any, ...]], Entry]] = functools.partial(_tuple_new, Entry)
 # The frame header's layout: what fixed-layout codecs bind first in pack_frame.
 _HEADER_FORMAT: Final[str] = HEADER.format
 _HEADER_FIELDS: Final = len(HEADER.unpack(bytes(HEADER.size)))
@@ -272,7 +271,7 @@ class TopicCore(Generic[T]):
             log_append = self.log.append
 
             def append_entry(record: Record) -> None:
-                log_append(_new_entry(record))
+                log_append(entry_of(record))
 
             self._append = append_entry
             self._extend = getattr(self.log, "extend", None)
@@ -404,7 +403,7 @@ class TopicCore(Generic[T]):
         if self._extend_batch is not None:
             self._extend_batch(entries, keys, datas, urgency, deadline)
         elif self._extend is not None:
-            self._extend(list(map(_new_entry, entries)))
+            self._extend(list(map(entry_of, entries)))
         else:
             append = self._append
             for entry in entries:
