@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, final
 import trio
 
 from ._config import ServerConfig
+from ._deferred import DEFERRAL_WORKS, DeferredCallContext, run_deferred
 from ._router import CallContext, Router
 from ._util import read_one_frame, receive_now_or_later, send_with_fin, unwrap_single_exception
 from .errors import (
@@ -271,26 +272,34 @@ async def run_call(
     result: Any = None
     error: CallError | None = None
     try:
-        with scope:
+        if type(ctx) is DeferredCallContext and ctx.deadline == math.inf:
+            # No deadline: the scope is entered once something could observe
+            # it (quicframe._deferred); a handler that returns without a
+            # checkpoint never pays for it.
             try:
-                result = await invoke()
+                result = await run_deferred(ctx, invoke)
             except RemoteError as exc:
                 error = (exc.code, exc.message, exc.details)
             except Exception as exc:
-                logger.exception(
-                    "call %s (opcode 0x%04x, %s) failed",
-                    ctx.request_id,
-                    ctx.opcode,
-                    route_name,
-                    extra=log_extra(),
-                )
-                error = (ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}", {})
+                error = _internal_error(exc, ctx, route_name, log_extra)
             else:
-                if answer is not None:
-                    # Outside the handler's try: what sending raises (the caller
-                    # went away) is not the handler's failure.
+                if answer is not None and not scope.cancelled_caught:
                     error = answer(result)
                     result = None
+        else:
+            with scope:
+                try:
+                    result = await invoke()
+                except RemoteError as exc:
+                    error = (exc.code, exc.message, exc.details)
+                except Exception as exc:
+                    error = _internal_error(exc, ctx, route_name, log_extra)
+                else:
+                    if answer is not None:
+                        # Outside the handler's try: what sending raises (the
+                        # caller went away) is not the handler's failure.
+                        error = answer(result)
+                        result = None
     finally:
         stream._stop_callback = None
         session._in_flight -= 1
@@ -307,6 +316,20 @@ async def run_call(
     return result, error, scope.cancelled_caught and state.peer_cancelled
 
 
+def _internal_error(
+    exc: Exception, ctx: CallContext, route_name: str, log_extra: Callable[[], dict[str, Any]]
+) -> CallError:
+    logger.exception(
+        "call %s (opcode 0x%04x, %s) failed",
+        ctx.request_id,
+        ctx.opcode,
+        route_name,
+        extra=log_extra(),
+        exc_info=exc,
+    )
+    return (ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}", {})
+
+
 _TERMINAL_ERRORS: Final = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -316,6 +339,9 @@ def _request_only(frame: Frame) -> Frame:
         request_frame_untrusted(frame)  # raises UNEXPECTED_FRAME
     return frame
 
+
+# The server's call contexts enter their scope lazily where trio allows it.
+_CONTEXT: Final = DeferredCallContext if DEFERRAL_WORKS else CallContext
 
 # What a subscription stream (served by quicframe._topic) starts with.
 _SUBSCRIBE_TYPE: Final = bytes([FrameType.SUBSCRIBE])
@@ -703,7 +729,7 @@ class _Session:
 
         # Run the handler (through the middleware) in the call's own cancel scope.
         scope = trio.CancelScope(deadline=deadline)
-        ctx = CallContext(
+        ctx = _CONTEXT(
             opcode=opcode,
             request_id=request_id,
             sla_class=sla_class,
