@@ -81,18 +81,18 @@ class DeferredCallContext(CallContext):
     """A :class:`CallContext` whose ``cancel_scope`` is entered when first read
     while :func:`run_deferred` runs the handler's first step."""
 
+    # Set by run_deferred (not by __init__: the dataclass's own __init__ is
+    # three times cheaper than a wrapper around it).
     __slots__ = ("_base", "_entered", "_task")
-
-    def __init__(self, **fields: Any) -> None:
-        self._task: Any = None
-        self._base: Any = None
-        self._entered = False
-        super().__init__(**fields)
 
     @property
     def cancel_scope(self) -> trio.CancelScope | None:
         scope: trio.CancelScope | None = _SCOPE_SLOT.__get__(self)
-        if self._task is not None:
+        try:
+            task = self._task
+        except AttributeError:  # not run by run_deferred
+            return scope
+        if task is not None:
             self._enter(scope)
         return scope
 
@@ -141,6 +141,7 @@ async def run_deferred(ctx: DeferredCallContext, invoke: Callable[[], Awaitable[
     task = trio.lowlevel.current_task()
     ctx._task = task
     ctx._base = task._cancel_status
+    ctx._entered = False
     try:
         coro = invoke()
         if not isinstance(coro, types.CoroutineType):

@@ -272,7 +272,7 @@ async def run_call(
     result: Any = None
     error: CallError | None = None
     try:
-        if type(ctx) is DeferredCallContext and ctx.deadline == math.inf:
+        if type(ctx) is DeferredCallContext:
             # No deadline: the scope is entered once something could observe
             # it (quicframe._deferred); a handler that returns without a
             # checkpoint never pays for it.
@@ -729,7 +729,7 @@ class _Session:
 
         # Run the handler (through the middleware) in the call's own cancel scope.
         scope = trio.CancelScope(deadline=deadline)
-        ctx = _CONTEXT(
+        ctx = (_CONTEXT if budget is None else CallContext)(
             opcode=opcode,
             request_id=request_id,
             sla_class=sla_class,

@@ -349,6 +349,7 @@ def test_metadata_typed_values() -> None:
         "0001 00 0001 41",  # request id with type BYTES
         "0001 01 0000",  # empty request id
         "0001 01 0001 ff",  # not UTF-8
+        "0001 01 0081 " + "41" * 129,  # request id of 129 bytes
         "0200 02 0003 010203",  # 3-byte integer
         "0200 04 0001 02",  # bool 2
         "0200 05 0004 00000000",  # 4-byte float

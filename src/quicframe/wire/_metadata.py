@@ -291,10 +291,25 @@ class Metadata:
                 f"metadata of {end} bytes exceeds {MAX_METADATA_SIZE}",
                 code=ErrorCode.MALFORMED_METADATA,
             )
+        unpack_entry = _ENTRY.unpack_from
+        if end > _ENTRY_SIZE:
+            # The common case, a call's metadata holding its request id alone.
+            key, type_, length = unpack_entry(raw, 0)
+            if (
+                key == 0x0001  # REQUEST_ID
+                and type_ == _STRING
+                and _ENTRY_SIZE + length == end
+                and length <= MAX_REQUEST_ID_SIZE
+            ):
+                value = raw[_ENTRY_SIZE:]
+                try:
+                    value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise _bad_entry(key, "string is not valid UTF-8") from None
+                return cls._trusted((_entry((key, type_, value)),), raw)
         entries: list[TlvEntry] = []
         seen: set[int] = set()
         pos = 0
-        unpack_entry = _ENTRY.unpack_from
         while pos < end:
             if end - pos < _ENTRY_SIZE:
                 raise RemoteProtocolError(
