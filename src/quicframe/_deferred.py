@@ -84,6 +84,9 @@ class DeferredCallContext(CallContext):
     # Set by run_deferred (not by __init__: the dataclass's own __init__ is
     # three times cheaper than a wrapper around it).
     __slots__ = ("_base", "_entered", "_task")
+    _base: Any  # the task's cancel status when the handler started
+    _entered: bool
+    _task: Any  # the task running the call, until the scope is entered
 
     @property
     def cancel_scope(self) -> trio.CancelScope | None:
