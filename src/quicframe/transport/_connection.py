@@ -1124,7 +1124,8 @@ class Connection:
                 or stream._send_buffered() <= stream.send_high_water_mark
             ):
                 self._send_waiters.discard(stream)
-                stream._send_lot.unpark_all()
+                if stream._send_lot:
+                    stream._send_lot.unpark_all()
 
     def _wake_everyone(self) -> None:
         for stream in self._streams.values():

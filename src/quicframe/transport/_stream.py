@@ -80,7 +80,9 @@ class Stream(trio.abc.HalfCloseableStream):
         self._received_total = 0  # bytes handed to the application
         self._credit_base = 0  # consumption offset of the last credit grant
         self._receive_busy = False
-        self._receive_lot = trio.lowlevel.ParkingLot()
+        # Parking lots are made by the first task to wait (most streams of a
+        # request/response exchange never need one): None is an empty lot.
+        self._receive_lot: trio.lowlevel.ParkingLot | None = None
         self._reader_task: trio.lowlevel.Task | None = None  # the last to park reading
         # Send side.
         self._send_pending = bytearray()  # written, not yet given to the core
@@ -89,7 +91,7 @@ class Stream(trio.abc.HalfCloseableStream):
         self._send_error: int | None = None  # the peer's STOP_SENDING code
         self._sent_total = 0
         self._send_busy = False
-        self._send_lot = trio.lowlevel.ParkingLot()
+        self._send_lot: trio.lowlevel.ParkingLot | None = None
         self._urgency = DEFAULT_URGENCY
         # This stream's own high-water mark (None: the connection's).
         self._high_water: int | None = None
@@ -149,6 +151,12 @@ class Stream(trio.abc.HalfCloseableStream):
 
     # -- sending ------------------------------------------------------------------
 
+    def _send_parking(self) -> trio.lowlevel.ParkingLot:
+        lot = self._send_lot
+        if lot is None:
+            lot = self._send_lot = trio.lowlevel.ParkingLot()
+        return lot
+
     def _send_buffered(self) -> int:
         return len(self._send_pending) + self._connection._core.send_buffered(self._stream_id)
 
@@ -165,7 +173,7 @@ class Stream(trio.abc.HalfCloseableStream):
         high_water = self.send_high_water_mark
         while self._send_buffered() > high_water:
             self._connection._send_waiters.add(self)
-            await self._send_lot.park()
+            await self._send_parking().park()
             parked = True
             self._check_can_send()
         return parked
@@ -353,7 +361,7 @@ class Stream(trio.abc.HalfCloseableStream):
         """
         while self._send_error is None:
             self._connection._raise_if_closed()
-            await self._send_lot.park()
+            await self._send_parking().park()
         await trio.lowlevel.checkpoint()
         return self._send_error
 
@@ -403,7 +411,10 @@ class Stream(trio.abc.HalfCloseableStream):
             while not self._readable_now():
                 self._connection._raise_if_closed()
                 self._reader_task = trio.lowlevel.current_task()
-                await self._receive_lot.park()
+                lot = self._receive_lot
+                if lot is None:
+                    lot = self._receive_lot = trio.lowlevel.ParkingLot()
+                await lot.park()
                 parked = True
             data = self._take_now(max_bytes)
             if not parked:
