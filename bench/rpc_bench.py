@@ -162,11 +162,11 @@ async def run_client(port: int, workload: str, quick: bool, core: str) -> None:
 async def run_inproc(side: str, calls: int, core: str) -> None:
     """W1 with both ends in this process, over ``quicframe.testing.FakeNetwork``.
 
-    ``rpc`` makes ``client.call(ECHO, payload)`` calls; ``transport`` moves the
-    same bytes as bare streams, read the way the RPC layer reads them (one read
-    when the FIN came with the data), so that the difference between the two is
-    the RPC layer's own work: both ends' CPU per call, with no kernel and no
-    second process.  Run it under ``valgrind --tool=callgrind`` with two call
+    ``rpc`` makes ``client.call(ECHO, payload)`` calls; ``transport`` runs the
+    transport benchmark's W1 (``bench/transport_bench.py``: its server's stream
+    handler, its client's stream-per-call), so that the difference between the
+    two is the RPC layer's own work: both ends' CPU per call, with no kernel and
+    no second process.  Run it under ``valgrind --tool=callgrind`` with two call
     counts and divide the difference of the instruction totals by the
     difference of the counts (which removes the start-up and the handshake).
     """
@@ -176,7 +176,6 @@ async def run_inproc(side: str, calls: int, core: str) -> None:
     from quicframe import transport
     from quicframe.testing import FakeNetwork, write_self_signed_certificate
 
-    request = b"\x07" + PAYLOAD  # as many bytes as the RPC's REQUEST, roughly
     with tempfile.TemporaryDirectory() as folder:
         cert, key = write_self_signed_certificate(folder)
         server_config = quicframe.ServerConfig(core=core, certificate=cert, private_key=key)
@@ -213,16 +212,12 @@ async def run_inproc(side: str, calls: int, core: str) -> None:
 
                     cpu = await _timed_calls(one, calls)
             else:
-
-                async def echo_stream(stream: transport.Stream) -> None:
-                    data = await stream.receive_some()
-                    while not stream.receive_finished and (more := await stream.receive_some()):
-                        data += more
-                    stream.send_nowait(data)
-                    await stream.send_eof()
+                # Exactly the transport benchmark's W1: its server's stream handler
+                # and its client's call.
+                from transport_bench import serve_bench_stream, stream_caller
 
                 async def handler(connection: transport.Connection) -> None:
-                    await connection.serve_streams(echo_stream)
+                    await connection.serve_streams(serve_bench_stream)
 
                 listener = await nursery.start(
                     functools.partial(
@@ -241,15 +236,10 @@ async def run_inproc(side: str, calls: int, core: str) -> None:
                     local_host="127.0.0.2",
                     socket_factory=factory,
                 ) as connection:
+                    call = stream_caller(connection)
 
                     async def one() -> None:
-                        stream = await connection.open_stream()
-                        stream.send_nowait(request)
-                        await stream.send_eof()
-                        data = await stream.receive_some()
-                        while not stream.receive_finished and await stream.receive_some():
-                            pass
-                        assert data
+                        assert await call(PAYLOAD) == PAYLOAD
 
                     cpu = await _timed_calls(one, calls)
             nursery.cancel_scope.cancel()
