@@ -35,7 +35,7 @@ import trio
 
 from ._router import CallContext
 
-__all__ = ["DEFERRAL_WORKS", "DeferredCallContext", "run_deferred"]
+__all__ = ["DEFERRAL_WORKS", "DeferredCallContext", "cancelled_caught", "run_deferred"]
 
 
 def _internals_present() -> bool:
@@ -78,8 +78,9 @@ def _enter_around(scope: trio.CancelScope, task: Any, base: Any) -> None:
 
 
 class DeferredCallContext(CallContext):
-    """A :class:`CallContext` whose ``cancel_scope`` is entered when first read
-    while :func:`run_deferred` runs the handler's first step."""
+    """A :class:`CallContext` whose ``cancel_scope`` is made when first needed
+    (with the context's ``deadline``), and entered when first read while
+    :func:`run_deferred` runs the handler's first step."""
 
     # Set by run_deferred (not by __init__: the dataclass's own __init__ is
     # three times cheaper than a wrapper around it).
@@ -89,26 +90,40 @@ class DeferredCallContext(CallContext):
     _task: Any  # the task running the call, until the scope is entered
 
     @property
-    def cancel_scope(self) -> trio.CancelScope | None:
-        scope: trio.CancelScope | None = _SCOPE_SLOT.__get__(self)
+    def cancel_scope(self) -> trio.CancelScope:
         try:
             task = self._task
         except AttributeError:  # not run by run_deferred
-            return scope
+            return self._scope()
         if task is not None:
-            self._enter(scope)
-        return scope
+            return self._enter()
+        return self._scope()
 
     @cancel_scope.setter
     def cancel_scope(self, scope: trio.CancelScope | None) -> None:
         _SCOPE_SLOT.__set__(self, scope)
 
-    def _enter(self, scope: trio.CancelScope | None) -> None:
+    def _scope(self) -> trio.CancelScope:
+        scope: trio.CancelScope | None = _SCOPE_SLOT.__get__(self)
+        if scope is None:
+            scope = trio.CancelScope(deadline=self.deadline)
+            _SCOPE_SLOT.__set__(self, scope)
+        return scope
+
+    def _enter(self) -> trio.CancelScope:
+        scope = self._scope()
         task = self._task
-        if scope is not None and trio.lowlevel.current_task() is task:
+        if task is not None and trio.lowlevel.current_task() is task:
             self._task = None
             _enter_around(scope, task, self._base)
             self._entered = True
+        return scope
+
+
+def cancelled_caught(ctx: DeferredCallContext) -> bool:
+    """``ctx.cancel_scope.cancelled_caught``, without making the scope."""
+    scope: trio.CancelScope | None = _SCOPE_SLOT.__get__(ctx)
+    return scope is not None and scope.cancelled_caught
 
 
 @types.coroutine
@@ -133,22 +148,24 @@ def _resume(coro: Coroutine[Any, Any, Any], message: Any) -> Generator[Any, Any,
                 return done.value
 
 
-async def run_deferred(ctx: DeferredCallContext, invoke: Callable[[], Awaitable[Any]]) -> Any:
-    """``await invoke()`` in ``ctx.cancel_scope``, entered no earlier than needed.
+async def run_deferred(
+    ctx: DeferredCallContext, call: Callable[[Any, Any], Awaitable[Any]], first: Any, second: Any
+) -> Any:
+    """``await call(first, second)`` (a handler, or the middleware pipeline) in
+    ``ctx.cancel_scope``, entered no earlier than needed.
 
-    Behaves as ``with ctx.cancel_scope: return await invoke()``: a
-    ``trio.Cancelled`` of that scope is caught (``cancelled_caught`` tells) and
-    None returned; any other exception propagates.
+    Behaves as ``with ctx.cancel_scope: return await call(first, second)``:
+    a ``trio.Cancelled`` of that scope is caught (:func:`cancelled_caught`
+    tells) and None returned; any other exception propagates.
     """
-    scope: trio.CancelScope = _SCOPE_SLOT.__get__(ctx)
     task = trio.lowlevel.current_task()
     ctx._task = task
     ctx._base = task._cancel_status
     ctx._entered = False
     try:
-        coro = invoke()
+        coro = call(first, second)
         if not isinstance(coro, types.CoroutineType):
-            ctx._enter(scope)
+            ctx._enter()
             result = await coro
         else:
             try:
@@ -156,17 +173,17 @@ async def run_deferred(ctx: DeferredCallContext, invoke: Callable[[], Awaitable[
             except StopIteration as done:
                 result = done.value
             else:
-                ctx._enter(scope)  # before trio sees the yield
+                ctx._enter()  # before trio sees the yield
                 result = await _resume(coro, message)
     except BaseException as exc:
         ctx._task = None
         if ctx._entered:
             ctx._entered = False
-            if scope.__exit__(type(exc), exc, exc.__traceback__):
+            if ctx._scope().__exit__(type(exc), exc, exc.__traceback__):
                 return None
         raise
     ctx._task = None
     if ctx._entered:
         ctx._entered = False
-        scope.__exit__(None, None, None)
+        ctx._scope().__exit__(None, None, None)
     return result

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, final
 import trio
 
 from ._config import ServerConfig
-from ._deferred import DEFERRAL_WORKS, DeferredCallContext, run_deferred
+from ._deferred import DEFERRAL_WORKS, DeferredCallContext, cancelled_caught, run_deferred
 from ._router import CallContext, Router
 from ._util import read_one_frame, receive_now_or_later, send_with_fin, unwrap_single_exception
 from .errors import (
@@ -236,13 +236,16 @@ async def run_call(
     stream: Stream,
     ctx: CallContext,
     route_name: str,
-    invoke: Callable[[], Awaitable[Any]],
+    call: Callable[[Any, Any], Awaitable[Any]],
+    first: Any,
+    second: Any,
     session: _CountsCalls,
     server: Server,
     log_extra: Callable[[], dict[str, Any]],
     answer: Callable[[Any], CallError | None] | None = None,
 ) -> tuple[Any, CallError | None, bool]:
-    """Run one call's handler in ``ctx.cancel_scope``, counted in flight.
+    """Run ``call(first, second)`` (the handler, or the middleware pipeline) in
+    ``ctx.cancel_scope``, counted in flight.
 
     STOP_SENDING from the peer cancels exactly this call, through the
     transport's callback rather than with a watcher task per call.  Returns
@@ -254,13 +257,18 @@ async def run_call(
     leaves before the scope and the bookkeeping are unwound, which then happen
     off the caller's critical path.  It returns None once it answered, or the
     error to answer with instead; the result returned is then None.
+
+    A :class:`DeferredCallContext` (a call without a deadline) has its scope
+    made and entered only once something could observe it
+    (``quicframe._deferred``): a handler that returns without a checkpoint
+    never pays for it.
     """
-    scope = ctx.cancel_scope
-    assert scope is not None
     state = _CallState()
 
     def peer_gave_up(code: int) -> None:
         state.peer_cancelled = True
+        scope = ctx.cancel_scope
+        assert scope is not None
         scope.cancel()
 
     if stream._send_error is not None:
@@ -271,25 +279,26 @@ async def run_call(
     server._in_flight += 1
     result: Any = None
     error: CallError | None = None
+    deferred = type(ctx) is DeferredCallContext
     try:
-        if type(ctx) is DeferredCallContext:
-            # No deadline: the scope is entered once something could observe
-            # it (quicframe._deferred); a handler that returns without a
-            # checkpoint never pays for it.
+        if deferred:
+            assert isinstance(ctx, DeferredCallContext)
             try:
-                result = await run_deferred(ctx, invoke)
+                result = await run_deferred(ctx, call, first, second)
             except RemoteError as exc:
                 error = (exc.code, exc.message, exc.details)
             except Exception as exc:
                 error = _internal_error(exc, ctx, route_name, log_extra)
             else:
-                if answer is not None and not scope.cancelled_caught:
+                if answer is not None and not cancelled_caught(ctx):
                     error = answer(result)
                     result = None
         else:
+            scope = ctx.cancel_scope
+            assert scope is not None
             with scope:
                 try:
-                    result = await invoke()
+                    result = await call(first, second)
                 except RemoteError as exc:
                     error = (exc.code, exc.message, exc.details)
                 except Exception as exc:
@@ -306,14 +315,20 @@ async def run_call(
         server._in_flight -= 1
         if server._drain_lot:
             server._drain_lot.unpark_all()
-    if scope.cancelled_caught and not state.peer_cancelled:
+    if deferred:
+        assert isinstance(ctx, DeferredCallContext)
+        caught = cancelled_caught(ctx)
+    else:
+        assert ctx.cancel_scope is not None
+        caught = ctx.cancel_scope.cancelled_caught
+    if caught and not state.peer_cancelled:
         budget_ms = (ctx.deadline - ctx.received_at) * 1000
         error = (
             ErrorCode.DEADLINE_EXCEEDED,
             f"the deadline ran out after {budget_ms:.1f} ms",
             {},
         )
-    return result, error, scope.cancelled_caught and state.peer_cancelled
+    return result, error, caught and state.peer_cancelled
 
 
 def _internal_error(
@@ -339,9 +354,6 @@ def _request_only(frame: Frame) -> Frame:
         request_frame_untrusted(frame)  # raises UNEXPECTED_FRAME
     return frame
 
-
-# The server's call contexts enter their scope lazily where trio allows it.
-_CONTEXT: Final = DeferredCallContext if DEFERRAL_WORKS else CallContext
 
 # What a subscription stream (served by quicframe._topic) starts with.
 _SUBSCRIBE_TYPE: Final = bytes([FrameType.SUBSCRIBE])
@@ -727,9 +739,10 @@ class _Session:
             stream.stop_sending(exc.code)
             return
 
-        # Run the handler (through the middleware) in the call's own cancel scope.
-        scope = trio.CancelScope(deadline=deadline)
-        ctx = (_CONTEXT if budget is None else CallContext)(
+        # Run the handler (through the middleware) in the call's own cancel scope
+        # (made when first needed for a call without a deadline).
+        deferred = budget is None and DEFERRAL_WORKS
+        ctx = (DeferredCallContext if deferred else CallContext)(
             opcode=opcode,
             request_id=request_id,
             sla_class=sla_class,
@@ -739,15 +752,15 @@ class _Session:
             metadata=metadata,
             peer_address=self.connection.remote_address,
             received_at=received_at,
-            cancel_scope=scope,
+            cancel_scope=None if deferred else trio.CancelScope(deadline=deadline),
             route_name=route.name,
         )
         router = self._router
-
-        def invoke() -> Awaitable[Any]:
-            if router._middleware:
-                return router.pipeline(route)(ctx, request)
-            return route.handler(request, ctx)
+        call: Callable[[Any, Any], Awaitable[Any]]
+        if router._middleware:
+            call, first, second = router.pipeline(route), ctx, request
+        else:
+            call, first, second = route.handler, request, ctx
 
         unsent: list[bytes] = []
 
@@ -781,7 +794,9 @@ class _Session:
             stream,
             ctx,
             route.name,
-            invoke,
+            call,
+            first,
+            second,
             self,
             server,
             lambda: {"request_id": ctx.request_id, "opcode": opcode},

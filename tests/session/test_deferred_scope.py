@@ -19,13 +19,23 @@ import trio.testing
 
 import quicframe
 from quicframe import ClientConfig, ServerConfig
-from quicframe._deferred import DEFERRAL_WORKS, DeferredCallContext, run_deferred
+from quicframe._deferred import (
+    DEFERRAL_WORKS,
+    DeferredCallContext,
+    cancelled_caught,
+    run_deferred,
+)
 from quicframe.errors import ErrorCode
 from quicframe.session import encode_request
 
 from .conftest import deadline, raw_session, read_reply
 
 pytestmark = pytest.mark.skipif(not DEFERRAL_WORKS, reason="trio internals differ")
+
+
+def run(handler: Callable[[Any], Awaitable[Any]], ctx: Any) -> Awaitable[Any]:
+    """What run_deferred calls: the test's handler, given the context."""
+    return handler(ctx)
 
 
 def make_context(scope: trio.CancelScope) -> DeferredCallContext:
@@ -45,7 +55,7 @@ async def run_in_task(
     out: list[Any] = []
 
     async def call() -> None:
-        out.append(await run_deferred(ctx, lambda: handler(ctx)))
+        out.append(await run_deferred(ctx, run, handler, ctx))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(call)
@@ -60,9 +70,14 @@ async def test_a_handler_that_returns_at_once_never_enters_the_scope() -> None:
         return "done"
 
     scope = trio.CancelScope()
-    assert await run_deferred(make_context(scope), lambda: handler(make_context(scope))) == "done"
+    assert await run_deferred(make_context(scope), run, handler, None) == "done"
     with scope:  # never entered, so it can still be
         pass
+    # A context made without a scope never makes one for such a handler.
+    lazy = DeferredCallContext(opcode=1, request_id="r", cancel_scope=None)
+    assert await run_deferred(lazy, run, handler, lazy) == "done"
+    assert not cancelled_caught(lazy)
+    assert DeferredCallContext.__mro__[1].cancel_scope.__get__(lazy) is None  # type: ignore[attr-defined]
 
 
 @deadline(10)
@@ -76,10 +91,11 @@ async def test_the_scope_is_entered_at_the_first_checkpoint() -> None:
             seen.append("cancelled")
             raise
 
-    scope, _, out = await run_in_task(handler)
+    scope, ctx, out = await run_in_task(handler)
     assert seen == ["cancelled"]
     assert out == [None]
     assert scope.cancelled_caught
+    assert cancelled_caught(ctx)
 
 
 @pytest.mark.parametrize("depth", [1, 3])
@@ -102,10 +118,11 @@ async def test_scopes_opened_before_the_first_checkpoint_end_up_inside(depth: in
 
         await nest(depth)
 
-    scope, _, out = await run_in_task(handler)
+    scope, ctx, out = await run_in_task(handler)
     assert seen == ["cancelled"]
     assert out == [None]
     assert scope.cancelled_caught
+    assert cancelled_caught(ctx)
     assert [own.cancelled_caught for own in inner] == [False] * depth
     # The task's cancel status is back where it was: new scopes still work.
     with trio.move_on_after(0.01) as after:
@@ -129,10 +146,11 @@ async def test_a_nursery_opened_before_the_first_checkpoint_is_cancelled_with_th
             nursery.start_soon(child)
             nursery.start_soon(child)
 
-    scope, _, out = await run_in_task(handler)
+    scope, ctx, out = await run_in_task(handler)
     assert children == ["cancelled", "cancelled"]
     assert out == [None]
     assert scope.cancelled_caught
+    assert cancelled_caught(ctx)
 
 
 @deadline(10)
@@ -148,7 +166,7 @@ async def test_the_handlers_own_timeout_still_fires_inside_the_call(
 
     scope = trio.CancelScope()
     ctx = make_context(scope)
-    assert await run_deferred(ctx, lambda: handler(ctx)) == "timed out by itself"
+    assert await run_deferred(ctx, run, handler, ctx) == "timed out by itself"
     assert not scope.cancelled_caught
 
 
@@ -165,10 +183,11 @@ async def test_reading_the_scope_enters_it_so_its_deadline_is_effective() -> Non
             seen["set"] = call_scope.deadline
             await trio.sleep_forever()
 
-    scope, _, out = await run_in_task(handler)
+    scope, ctx, out = await run_in_task(handler)
     assert seen["effective"] == seen["set"]
     assert out == [None]
     assert scope.cancelled_caught
+    assert cancelled_caught(ctx)
 
 
 @deadline(10)
@@ -194,7 +213,7 @@ async def test_errors_propagate_and_leave_the_task_clean() -> None:
         scope = trio.CancelScope()
         ctx = make_context(scope)
         with pytest.raises(error):
-            await run_deferred(ctx, lambda h=handler, c=ctx: h(c))  # type: ignore[misc]
+            await run_deferred(ctx, run, handler, ctx)
         assert not scope.cancelled_caught
         assert trio.current_effective_deadline() == outside
         with trio.move_on_after(0) as after:
