@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import itertools
 import logging
 import math
@@ -50,7 +51,6 @@ from .session import (
     choose_version,
     encode_error,
     encode_response,
-    payload_matches,
     request_frame_untrusted,
     sla_urgency,
 )
@@ -673,18 +673,18 @@ class _Session:
         server = self.server
         metadata = frame.metadata
         opcode = frame.opcode
-        request_id = metadata.request_id or server._new_request_id()
-        budget = metadata.deadline_budget_ns
+        request_id, budget, sla_class, digest = metadata.call_fields()
+        if request_id is None:
+            request_id = server._new_request_id()
         deadline = math.inf if budget is None else received_at + budget / 1e9
-        route = self._router.route(opcode)
-        sla_class = metadata.sla_class
+        route = self._router._routes.get(opcode)
         if sla_class is not None:
             # The reply (or error) is sent with the urgency of the caller's class.
             urgency = sla_urgency(sla_class)
             if urgency != DEFAULT_CALL_URGENCY:
                 stream.urgency = urgency
 
-        if not payload_matches(frame):
+        if digest is not None and hashlib.sha256(frame.body).digest() != digest:
             logger.warning(
                 "call %s (opcode 0x%04x): payload digest mismatch",
                 request_id,
@@ -715,7 +715,7 @@ class _Session:
                 stream, opcode, request_id, ErrorCode.NOT_FOUND, f"unknown opcode 0x{opcode:04x}"
             )
             return
-        if stream.arrived_early and not route.idempotent:
+        if stream._arrived_early and not route.idempotent:
             # 0-RTT data can be replayed by whoever recorded it: only operations
             # registered as idempotent run from it (PROTOCOL.md 7.2).  Not run, so
             # the caller may send it again once the handshake is done.
@@ -772,7 +772,11 @@ class _Session:
                     opcode,
                     route.response_codec.encode(result),
                     request_id=ctx.request_id,  # a middleware may have changed it
-                    integrity=ctx.metadata.payload_sha256 is not None,
+                    integrity=(
+                        digest is not None
+                        if ctx.metadata is metadata  # a middleware may have replaced it
+                        else ctx.metadata.payload_sha256 is not None
+                    ),
                     max_frame_size=self._peer_max_frame_size,
                 )
             except LocalProtocolError as exc:

@@ -6,6 +6,7 @@ import dataclasses
 import subprocess
 import sys
 import zlib
+from typing import Any
 
 import pytest
 
@@ -362,6 +363,37 @@ def test_malformed_metadata(raw: str) -> None:
     with pytest.raises(errors.RemoteProtocolError) as info:
         Metadata.decode_untrusted(bytes.fromhex(raw))
     assert info.value.code == ErrorCode.MALFORMED_METADATA
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"request_id": "r-1"},
+        {"request_id": "r-2", "deadline_budget_ns": 2_500_000, "sla_class": 1},
+        {"payload_sha256": bytes(range(32)), "trace_context": "00-ab-cd-01"},
+        {
+            "request_id": "r-3",
+            "deadline_budget_ns": 0,
+            "sla_class": 255,
+            "payload_sha256": bytes(32),
+        },
+    ],
+)
+def test_call_fields_read_what_the_properties_read(fields: dict[str, Any]) -> None:
+    metadata = Metadata.decode_untrusted(Metadata.build(**fields).encode())
+    assert metadata.call_fields() == (
+        metadata.request_id,
+        metadata.deadline_budget_ns,
+        metadata.sla_class,
+        metadata.payload_sha256,
+    )
+    assert metadata.call_fields() == (
+        fields.get("request_id"),
+        fields.get("deadline_budget_ns"),
+        fields.get("sla_class"),
+        fields.get("payload_sha256"),
+    )
 
 
 def test_metadata_local_misuse() -> None:

@@ -388,6 +388,21 @@ class Metadata:
         out.extend(fresh.values())
         return Metadata(out)
 
+    def call_fields(self) -> tuple[str | None, int | None, int | None, bytes | None]:
+        """``(request_id, deadline_budget_ns, sla_class, payload_sha256)`` in one
+        pass: what a server reads of every REQUEST."""
+        request_id = budget = sla_class = digest = None
+        for key, _, value in self._entries:
+            if key == 0x0001:
+                request_id = value.decode("utf-8")
+            elif key == 0x0002:
+                budget = int.from_bytes(value, "big")
+            elif key == 0x0003:
+                sla_class = int.from_bytes(value, "big")
+            elif key == 0x0004:
+                digest = value
+        return request_id, budget, sla_class, digest
+
     @property
     def request_id(self) -> str | None:
         entry = self._find(0x0001)  # REQUEST_ID (a plain int: enum lookups cost more)
