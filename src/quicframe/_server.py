@@ -538,26 +538,15 @@ class _Session:
     # -- calls ----------------------------------------------------------------
 
     async def _run_call(self, stream: Stream) -> None:
-        finished = False
-        try:
-            await self._serve_call(stream)
-            # Every way out of _serve_call ends both directions (FIN or reset after
-            # the request's FIN), so the transport has already let the stream go.
-            finished = True
-        except _TERMINAL_ERRORS:
-            pass  # the caller or the connection went away: nobody to answer
-        finally:
-            if not finished:
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
-
-    async def _serve_call(self, stream: Stream) -> None:
         # A call counts against max_concurrent_calls from its stream's first byte
         # (the stream exists once its first frame arrived) until it is answered,
         # so call streams being read are bounded as well as running handlers.
         options = self._options
         self._calls_open += 1
         counted = True
+        # Set once both directions are over (FIN or reset after the request's
+        # FIN): the transport has let the stream go, and aclose() is not needed.
+        finished = False
         first: bytes | None
         frame: Frame | None
         try:
@@ -587,6 +576,7 @@ class _Session:
                 )
                 stream.reset(exc.code)
                 stream.stop_sending(exc.code)
+                finished = True
                 return
             if frame is not None:
                 await self._serve_request(stream, frame)
@@ -615,9 +605,15 @@ class _Session:
                     ErrorCode.LIMIT_EXCEEDED,
                     f"no complete request within {options.request_read_timeout} s",
                 )
+            finished = True  # every way here ends both directions
+        except _TERMINAL_ERRORS:
+            pass  # the caller or the connection went away: nobody to answer
         finally:
             if counted:
                 self._calls_open -= 1
+            if not finished:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
 
     async def _read_call(self, stream: Stream) -> tuple[bytes | None, Frame | None]:
         """Read what the stream starts with.
