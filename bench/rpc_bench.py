@@ -377,6 +377,8 @@ def driver(args: argparse.Namespace) -> int:
                         continue
                     argv = [*side.client_argv, "--port", str(ports[side.name])]
                     record = client_result([*argv, "--workload", workload, *quick], args.timeout)
+                    if record is not None:
+                        record["round"] = round_number
                     key = f"{side.name} {workload}"
                     note_result(results, round_number, key, record, _brief)
 
@@ -462,8 +464,26 @@ def driver(args: argparse.Namespace) -> int:
             continue
         ratio = mine / other
         ok = ratio <= factor if op == "<=" else ratio < factor if op == "<" else ratio >= factor
-        print(f"{label}: {ratio:.2f}x (target {op} {factor:g}x) {'PASS' if ok else 'FAIL'}")
+        # The same ratio taken within each round (both runs a few seconds apart)
+        # and then its median: less exposed to the machine's drift between rounds.
+        paired = _paired_ratios(results.get(ours, []), results.get(theirs, []), field)
+        per_round = ""
+        if paired:
+            cells = ", ".join(f"{r:.2f}" for r in paired)
+            per_round = f"; per round {cells}, median {statistics.median(paired):.2f}x"
+        print(
+            f"{label}: {ratio:.2f}x (target {op} {factor:g}x) {'PASS' if ok else 'FAIL'}"
+            + per_round
+        )
     return 0 if results else 1
+
+
+def _paired_ratios(
+    mine: list[dict[str, Any]], theirs: list[dict[str, Any]], field: str
+) -> list[float]:
+    """``mine / theirs`` of ``field`` for every round that has both records."""
+    other = {r["round"]: r[field] for r in theirs if r.get(field)}
+    return [r[field] / other[r["round"]] for r in mine if field in r and r["round"] in other]
 
 
 def _brief(record: dict[str, Any]) -> str:
