@@ -469,8 +469,8 @@ def driver(args: argparse.Namespace) -> int:
         paired = _paired_ratios(results.get(ours, []), results.get(theirs, []), field)
         per_round = ""
         if paired:
-            cells = ", ".join(f"{r:.2f}" for r in paired)
-            per_round = f"; per round {cells}, median {statistics.median(paired):.2f}x"
+            listed = ", ".join(f"{r:.2f}" for r in paired)
+            per_round = f"; per round {listed}, median {statistics.median(paired):.2f}x"
         print(
             f"{label}: {ratio:.2f}x (target {op} {factor:g}x) {'PASS' if ok else 'FAIL'}"
             + per_round
