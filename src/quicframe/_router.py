@@ -53,7 +53,11 @@ class CallContext:
         received_at: when the REQUEST was read, on trio's clock.
         cancel_scope: the ``trio.CancelScope`` the call runs in: it is cancelled
             when the caller cancels, and its deadline is the call's deadline (a
-            middleware may shorten it).
+            middleware may shorten it).  For a call without a deadline the
+            server makes and enters it only at the handler's first checkpoint,
+            or when this attribute is first read, whichever comes first: a
+            handler cannot tell the difference, and one that returns without a
+            checkpoint skips its cost (``quicframe._deferred``).
         route_name: the handler's name, or None for an unknown opcode.
         state: free space for middleware to share values with the handler.
     """
