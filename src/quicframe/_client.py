@@ -515,17 +515,95 @@ class Client:
             if link.early:
                 self._early_calls += 1
             try:
-                return await self._call_on(
-                    link,
-                    stream,
-                    opcode,
-                    body,
-                    request_id,
-                    sla_class,
-                    integrity,
-                    trace_context,
-                    response_type,
-                )
+                deadline = trio.current_effective_deadline()
+                budget = None
+                if deadline != math.inf:
+                    budget = max(0, round((deadline - trio.current_time()) * 1e9))
+                self._in_flight += 1
+                code: int = ErrorCode.CANCELLED  # what the stream is reset with unless we finish
+                reply: Frame | None = None
+                try:
+                    frame = encode_request(
+                        opcode,
+                        body,
+                        request_id=request_id,
+                        deadline_budget_ns=budget,
+                        sla_class=sla_class,
+                        integrity=integrity,
+                        trace_context=trace_context,
+                        max_frame_size=link.peer_max_frame_size,
+                    )
+                    # send_with_fin and read_one_frame, inlined for the common case (the
+                    # request fits under the high-water mark, the reply comes in one piece
+                    # with its FIN): a call is mostly this path, run once per round trip.
+                    try:
+                        stream.send_nowait(frame, eof=True)
+                    except trio.WouldBlock:
+                        await send_with_fin(stream, frame)
+                    data = await stream.receive_some()
+                    if data and stream.receive_finished:
+                        answer = decode_frame(data, max_frame_size=self._max_frame_size)
+                    else:
+                        answer = await read_one_frame(stream, self._max_frame_size, data)
+                    reply = reply_frame_untrusted(answer, opcode)
+                    code = ErrorCode.NO_ERROR
+                except RemoteProtocolError as exc:
+                    code = exc.code
+                    self._fail(code)
+                    raise
+                except trio.BrokenResourceError as exc:
+                    # StreamResetByPeer: the server reset the call stream.
+                    code = ErrorCode.NO_ERROR
+                    self._fail(getattr(exc, "code", ErrorCode.UNKNOWN))
+                    raise _reset_error(exc, opcode) from exc
+                except trio.ClosedResourceError as exc:
+                    # This side closed the connection: the client is leaving, or the session
+                    # handshake of a new connection failed (REJECT, no WELCOME) while early
+                    # calls ran on it.
+                    code = ErrorCode.NO_ERROR
+                    self._fail(ErrorCode.CONNECTION_LOST)
+                    if self._closed:
+                        raise
+                    raise ConnectionLost(
+                        "the connection was closed during the call",
+                        code=ErrorCode.CONNECTION_LOST,
+                        operation=f"opcode 0x{opcode:04x}",
+                    ) from exc
+                except ConnectionClosed as exc:
+                    code = ErrorCode.NO_ERROR
+                    self._fail(ErrorCode.CONNECTION_LOST)
+                    raise ConnectionLost(
+                        f"the connection closed during the call: {exc}",
+                        code=ErrorCode.CONNECTION_LOST,
+                        reason=exc.reason,
+                        by_peer=exc.by_peer,
+                        operation=f"opcode 0x{opcode:04x}",
+                    ) from exc
+                except BaseException:
+                    self._fail(ErrorCode.CANCELLED)
+                    raise
+                finally:
+                    self._in_flight -= 1
+                    if code != ErrorCode.NO_ERROR:
+                        stream.reset(code)
+                        stream.stop_sending(code)
+                    if reply is None:
+                        with trio.CancelScope(shield=True):
+                            await stream.aclose()
+                    # else: FIN sent and the reply read to its FIN: the stream is already done.
+                if reply.metadata.payload_sha256 is not None and not payload_matches(reply):
+                    self._fail(ErrorCode.INTEGRITY_MISMATCH)
+                    raise IntegrityError(
+                        "the response body does not match its PAYLOAD_SHA256",
+                        operation=f"opcode 0x{opcode:04x}",
+                    )
+                if reply.type == FrameType.ERROR:
+                    error = error_from_frame(reply)
+                    self._fail(error.code)
+                    raise error
+                value = self._codec(response_type).decode(reply.body)
+                self._completed += 1
+                return value
             except Unavailable as exc:
                 # The call raced the server's GOAWAY and was not run: with a
                 # reconnect policy, send it on the next connection.
@@ -544,108 +622,6 @@ class Client:
                     opcode,
                     extra={"request_id": request_id, "opcode": opcode},
                 )
-
-    async def _call_on(
-        self,
-        link: _Link,
-        stream: Stream,
-        opcode: int,
-        body: bytes,
-        request_id: str,
-        sla_class: int | None,
-        integrity: bool,
-        trace_context: str | None,
-        response_type: type[Any] | None,
-    ) -> Any:
-        deadline = trio.current_effective_deadline()
-        budget = None
-        if deadline != math.inf:
-            budget = max(0, round((deadline - trio.current_time()) * 1e9))
-        self._in_flight += 1
-        code: int = ErrorCode.CANCELLED  # what the stream is reset with unless we finish
-        reply: Frame | None = None
-        try:
-            frame = encode_request(
-                opcode,
-                body,
-                request_id=request_id,
-                deadline_budget_ns=budget,
-                sla_class=sla_class,
-                integrity=integrity,
-                trace_context=trace_context,
-                max_frame_size=link.peer_max_frame_size,
-            )
-            # send_with_fin and read_one_frame, inlined for the common case (the
-            # request fits under the high-water mark, the reply comes in one piece
-            # with its FIN): a call is mostly this path, run once per round trip.
-            try:
-                stream.send_nowait(frame, eof=True)
-            except trio.WouldBlock:
-                await send_with_fin(stream, frame)
-            data = await stream.receive_some()
-            if data and stream.receive_finished:
-                answer = decode_frame(data, max_frame_size=self._max_frame_size)
-            else:
-                answer = await read_one_frame(stream, self._max_frame_size, data)
-            reply = reply_frame_untrusted(answer, opcode)
-            code = ErrorCode.NO_ERROR
-        except RemoteProtocolError as exc:
-            code = exc.code
-            self._fail(code)
-            raise
-        except trio.BrokenResourceError as exc:
-            # StreamResetByPeer: the server reset the call stream.
-            code = ErrorCode.NO_ERROR
-            self._fail(getattr(exc, "code", ErrorCode.UNKNOWN))
-            raise _reset_error(exc, opcode) from exc
-        except trio.ClosedResourceError as exc:
-            # This side closed the connection: the client is leaving, or the session
-            # handshake of a new connection failed (REJECT, no WELCOME) while early
-            # calls ran on it.
-            code = ErrorCode.NO_ERROR
-            self._fail(ErrorCode.CONNECTION_LOST)
-            if self._closed:
-                raise
-            raise ConnectionLost(
-                "the connection was closed during the call",
-                code=ErrorCode.CONNECTION_LOST,
-                operation=f"opcode 0x{opcode:04x}",
-            ) from exc
-        except ConnectionClosed as exc:
-            code = ErrorCode.NO_ERROR
-            self._fail(ErrorCode.CONNECTION_LOST)
-            raise ConnectionLost(
-                f"the connection closed during the call: {exc}",
-                code=ErrorCode.CONNECTION_LOST,
-                reason=exc.reason,
-                by_peer=exc.by_peer,
-                operation=f"opcode 0x{opcode:04x}",
-            ) from exc
-        except BaseException:
-            self._fail(ErrorCode.CANCELLED)
-            raise
-        finally:
-            self._in_flight -= 1
-            if code != ErrorCode.NO_ERROR:
-                stream.reset(code)
-                stream.stop_sending(code)
-            if reply is None:
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
-            # else: FIN sent and the reply read to its FIN: the stream is already done.
-        if reply.metadata.payload_sha256 is not None and not payload_matches(reply):
-            self._fail(ErrorCode.INTEGRITY_MISMATCH)
-            raise IntegrityError(
-                "the response body does not match its PAYLOAD_SHA256",
-                operation=f"opcode 0x{opcode:04x}",
-            )
-        if reply.type == FrameType.ERROR:
-            error = error_from_frame(reply)
-            self._fail(error.code)
-            raise error
-        value = self._codec(response_type).decode(reply.body)
-        self._completed += 1
-        return value
 
     # -- market data ----------------------------------------------------------
 
