@@ -6,6 +6,7 @@ Usage::
                               [--cores aioquic,qh3]
     python bench/rpc_bench.py server --port P [--core qh3]   # prints "READY <port>"
     python bench/rpc_bench.py client --port P --workload w1|w2 [--quick] [--core qh3]
+                                      [--deadline S]   # each call under fail_after(S)
                                                              # prints "RESULT {json}"
     python bench/rpc_bench.py inproc --side rpc|transport [--calls N] [--core qh3]
                                       # W1 in one process over the fake network
@@ -56,7 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -110,7 +111,11 @@ def _stats(samples: list[int], wall: float) -> dict[str, float]:
     }
 
 
-async def run_client(port: int, workload: str, quick: bool, core: str) -> None:
+async def run_client(
+    port: int, workload: str, quick: bool, core: str, deadline: float | None = None
+) -> None:
+    import functools
+
     import quicframe
 
     counts = QUICK if quick else FULL
@@ -122,14 +127,25 @@ async def run_client(port: int, workload: str, quick: bool, core: str) -> None:
         connection_receive_window=WINDOW,
     )
     async with quicframe.connect("127.0.0.1", port, config, heartbeat=False) as client:
+        # --deadline: every call under trio.fail_after, so that its budget travels
+        # and the server enters the call's cancel scope before the handler runs.
+        call: Callable[[], Awaitable[Any]] = functools.partial(client.call, ECHO, PAYLOAD)
+        if deadline is not None:
+            plain, seconds = call, deadline
+
+            async def bounded() -> Any:
+                with trio.fail_after(seconds):
+                    return await plain()
+
+            call = bounded
         if workload == "w1":
             for _ in range(counts["w1_warmup"]):
-                await client.call(ECHO, PAYLOAD)
+                await call()
             samples = []
             start = perf()
             for _ in range(counts["w1_calls"]):
                 t0 = perf()
-                reply = await client.call(ECHO, PAYLOAD)
+                reply = await call()
                 samples.append(perf() - t0)
                 assert reply == PAYLOAD
             record = _stats(samples, (perf() - start) / 1e9)
@@ -137,7 +153,7 @@ async def run_client(port: int, workload: str, quick: bool, core: str) -> None:
 
             async def loop(calls: int) -> None:
                 for _ in range(calls):
-                    await client.call(ECHO, PAYLOAD)
+                    await call()
 
             async def phase(total: int) -> float:
                 start = perf()
@@ -153,6 +169,8 @@ async def run_client(port: int, workload: str, quick: bool, core: str) -> None:
         # Packets this client sent, warm-up and handshake included: how well calls
         # share packets (the transport's W1/W2 records carry the same figure).
         record["packets_sent"] = client.connection.statistics().packets_sent
+        if deadline is not None:
+            record["deadline_s"] = deadline
     print("RESULT " + json.dumps({"side": "rpc", "workload": workload, **record}), flush=True)
 
 
@@ -501,6 +519,9 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--workload", default="w1", choices=["w1", "w2"])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--deadline", type=float, default=None, help="client: each call under trio.fail_after(S)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--anchors", default=None)
@@ -524,7 +545,7 @@ def main() -> int:
         trio.run(run_inproc, args.side, args.calls, args.core)
         return 0
     if args.role == "client":
-        trio.run(run_client, args.port, args.workload, args.quick, args.core)
+        trio.run(run_client, args.port, args.workload, args.quick, args.core, args.deadline)
         return 0
     return driver(args)
 
