@@ -6,7 +6,7 @@ code that never reaches a checkpoint, though: cancellation is only delivered
 at one, and the only other way to see a scope is to read the effective
 deadline (or the scope itself).  So a call whose deadline is infinite (the
 caller sent no budget) starts its handler outside the scope, and
-:func:`run_deferred` enters it at the first moment it can matter:
+:func:`run_in_scope` enters it at the first moment it can matter:
 
 * when the handler (or a middleware) first reads ``ctx.cancel_scope``
   (:class:`DeferredCallContext`), so that what it does with the scope (a new
@@ -27,6 +27,7 @@ scope up front, as before.
 
 from __future__ import annotations
 
+import math
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Final
@@ -35,7 +36,7 @@ import trio
 
 from ._router import CallContext
 
-__all__ = ["DEFERRAL_WORKS", "DeferredCallContext", "cancelled_caught", "run_deferred"]
+__all__ = ["DEFERRAL_WORKS", "DeferredCallContext", "cancelled_caught", "run_in_scope"]
 
 
 def _internals_present() -> bool:
@@ -78,11 +79,12 @@ def _enter_around(scope: trio.CancelScope, task: Any, base: Any) -> None:
 
 
 class DeferredCallContext(CallContext):
-    """A :class:`CallContext` whose ``cancel_scope`` is made when first needed
-    (with the context's ``deadline``), and entered when first read while
-    :func:`run_deferred` runs the handler's first step."""
+    """The server's :class:`CallContext`: its ``cancel_scope`` is made when first
+    needed (with the context's ``deadline``) and, for a call without a deadline,
+    entered when first read while :func:`run_in_scope` runs the handler's first
+    step."""
 
-    # Set by run_deferred (not by __init__: the dataclass's own __init__ is
+    # Set by run_in_scope (not by __init__: the dataclass's own __init__ is
     # three times cheaper than a wrapper around it).
     __slots__ = ("_base", "_entered", "_task")
     _base: Any  # the task's cancel status when the handler started
@@ -93,7 +95,7 @@ class DeferredCallContext(CallContext):
     def cancel_scope(self) -> trio.CancelScope:
         try:
             task = self._task
-        except AttributeError:  # not run by run_deferred
+        except AttributeError:  # not (yet) run by run_in_scope
             return self._scope()
         if task is not None:
             return self._enter()
@@ -120,7 +122,7 @@ class DeferredCallContext(CallContext):
         return scope
 
 
-def cancelled_caught(ctx: DeferredCallContext) -> bool:
+def cancelled_caught(ctx: CallContext) -> bool:
     """``ctx.cancel_scope.cancelled_caught``, without making the scope."""
     scope: trio.CancelScope | None = _SCOPE_SLOT.__get__(ctx)
     return scope is not None and scope.cancelled_caught
@@ -148,16 +150,19 @@ def _resume(coro: Coroutine[Any, Any, Any], message: Any) -> Generator[Any, Any,
                 return done.value
 
 
-async def run_deferred(
+async def run_in_scope(
     ctx: DeferredCallContext, call: Callable[[Any, Any], Awaitable[Any]], first: Any, second: Any
 ) -> Any:
-    """``await call(first, second)`` (a handler, or the middleware pipeline) in
-    ``ctx.cancel_scope``, entered no earlier than needed.
-
-    Behaves as ``with ctx.cancel_scope: return await call(first, second)``:
-    a ``trio.Cancelled`` of that scope is caught (:func:`cancelled_caught`
-    tells) and None returned; any other exception propagates.
+    """``with ctx.cancel_scope: return await call(first, second)`` (a handler, or
+    the middleware pipeline): a ``trio.Cancelled`` of that scope is caught
+    (:func:`cancelled_caught` tells) and None returned; any other exception
+    propagates.  A call with a deadline enters its scope first; one without
+    enters it no earlier than needed.
     """
+    if ctx.deadline != math.inf or not DEFERRAL_WORKS:
+        with ctx._scope():
+            return await call(first, second)
+        return None  # the scope caught its Cancelled
     task = trio.lowlevel.current_task()
     ctx._task = task
     ctx._base = task._cancel_status

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import itertools
 import logging
 import math
@@ -25,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, final
 import trio
 
 from ._config import ServerConfig
-from ._deferred import DEFERRAL_WORKS, DeferredCallContext, cancelled_caught, run_deferred
-from ._router import CallContext, Router
+from ._deferred import DeferredCallContext, cancelled_caught, run_in_scope
+from ._router import Router
 from ._util import read_one_frame, receive_now_or_later, send_with_fin, unwrap_single_exception
 from .errors import (
     ConnectionClosed,
@@ -49,6 +48,7 @@ from .session import (
     Reject,
     Welcome,
     choose_version,
+    digest_matches,
     encode_error,
     encode_response,
     request_frame_untrusted,
@@ -234,7 +234,7 @@ CallError = tuple[int, str, dict[str, Any]]
 
 async def run_call(
     stream: Stream,
-    ctx: CallContext,
+    ctx: DeferredCallContext,
     route_name: str,
     call: Callable[[Any, Any], Awaitable[Any]],
     first: Any,
@@ -253,23 +253,20 @@ async def run_call(
     ran out) and whether the peer cancelled the call (then there is no answer).
 
     ``answer``, when given, is called with the handler's result as soon as the
-    handler returns, still inside the scope (it must not wait): the reply
-    leaves before the scope and the bookkeeping are unwound, which then happen
-    off the caller's critical path.  It returns None once it answered, or the
-    error to answer with instead; the result returned is then None.
+    handler returned and its scope was left (it must not wait): the reply
+    leaves before the bookkeeping is unwound.  It returns None once it
+    answered, or the error to answer with instead; the result returned is then
+    None.
 
-    A :class:`DeferredCallContext` (a call without a deadline) has its scope
-    made and entered only once something could observe it
-    (``quicframe._deferred``): a handler that returns without a checkpoint
-    never pays for it.
+    A call without a deadline has its scope made and entered only once
+    something could observe it (``quicframe._deferred``): a handler that
+    returns without a checkpoint never pays for it.
     """
     state = _CallState()
 
     def peer_gave_up(code: int) -> None:
         state.peer_cancelled = True
-        scope = ctx.cancel_scope
-        assert scope is not None
-        scope.cancel()
+        ctx.cancel_scope.cancel()
 
     if stream._send_error is not None:
         peer_gave_up(stream._send_error)  # it arrived before the handler started
@@ -279,48 +276,33 @@ async def run_call(
     server._in_flight += 1
     result: Any = None
     error: CallError | None = None
-    deferred = type(ctx) is DeferredCallContext
     try:
-        if deferred:
-            assert isinstance(ctx, DeferredCallContext)
-            try:
-                result = await run_deferred(ctx, call, first, second)
-            except RemoteError as exc:
-                error = (exc.code, exc.message, exc.details)
-            except Exception as exc:
-                error = _internal_error(exc, ctx, route_name, log_extra)
-            else:
-                if answer is not None and not cancelled_caught(ctx):
-                    error = answer(result)
-                    result = None
+        try:
+            result = await run_in_scope(ctx, call, first, second)
+        except RemoteError as exc:
+            error = (exc.code, exc.message, exc.details)
+        except Exception as exc:
+            logger.exception(
+                "call %s (opcode 0x%04x, %s) failed",
+                ctx.request_id,
+                ctx.opcode,
+                route_name,
+                extra=log_extra(),
+            )
+            error = (ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}", {})
         else:
-            scope = ctx.cancel_scope
-            assert scope is not None
-            with scope:
-                try:
-                    result = await call(first, second)
-                except RemoteError as exc:
-                    error = (exc.code, exc.message, exc.details)
-                except Exception as exc:
-                    error = _internal_error(exc, ctx, route_name, log_extra)
-                else:
-                    if answer is not None:
-                        # Outside the handler's try: what sending raises (the
-                        # caller went away) is not the handler's failure.
-                        error = answer(result)
-                        result = None
+            if answer is not None and not cancelled_caught(ctx):
+                # Outside the handler's try: what sending raises (the caller
+                # went away) is not the handler's failure.
+                error = answer(result)
+                result = None
     finally:
         stream._stop_callback = None
         session._in_flight -= 1
         server._in_flight -= 1
         if server._drain_lot:
             server._drain_lot.unpark_all()
-    if deferred:
-        assert isinstance(ctx, DeferredCallContext)
-        caught = cancelled_caught(ctx)
-    else:
-        assert ctx.cancel_scope is not None
-        caught = ctx.cancel_scope.cancelled_caught
+    caught = cancelled_caught(ctx)
     if caught and not state.peer_cancelled:
         budget_ms = (ctx.deadline - ctx.received_at) * 1000
         error = (
@@ -329,20 +311,6 @@ async def run_call(
             {},
         )
     return result, error, caught and state.peer_cancelled
-
-
-def _internal_error(
-    exc: Exception, ctx: CallContext, route_name: str, log_extra: Callable[[], dict[str, Any]]
-) -> CallError:
-    logger.exception(
-        "call %s (opcode 0x%04x, %s) failed",
-        ctx.request_id,
-        ctx.opcode,
-        route_name,
-        extra=log_extra(),
-        exc_info=exc,
-    )
-    return (ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}", {})
 
 
 _TERMINAL_ERRORS: Final = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -673,14 +641,14 @@ class _Session:
         if request_id is None:
             request_id = server._new_request_id()
         deadline = math.inf if budget is None else received_at + budget / 1e9
-        route = self._router._routes.get(opcode)
+        route = self._router.route(opcode)
         if sla_class is not None:
             # The reply (or error) is sent with the urgency of the caller's class.
             urgency = sla_urgency(sla_class)
             if urgency != DEFAULT_CALL_URGENCY:
                 stream.urgency = urgency
 
-        if digest is not None and hashlib.sha256(frame.body).digest() != digest:
+        if not digest_matches(frame.body, digest):
             logger.warning(
                 "call %s (opcode 0x%04x): payload digest mismatch",
                 request_id,
@@ -711,7 +679,7 @@ class _Session:
                 stream, opcode, request_id, ErrorCode.NOT_FOUND, f"unknown opcode 0x{opcode:04x}"
             )
             return
-        if stream._arrived_early and not route.idempotent:
+        if stream.arrived_early and not route.idempotent:
             # 0-RTT data can be replayed by whoever recorded it: only operations
             # registered as idempotent run from it (PROTOCOL.md 7.2).  Not run, so
             # the caller may send it again once the handshake is done.
@@ -735,10 +703,9 @@ class _Session:
             stream.stop_sending(exc.code)
             return
 
-        # Run the handler (through the middleware) in the call's own cancel scope
-        # (made when first needed for a call without a deadline).
-        deferred = budget is None and DEFERRAL_WORKS
-        ctx = (DeferredCallContext if deferred else CallContext)(
+        # Run the handler (through the middleware) in the call's own cancel scope,
+        # made when first needed (quicframe._deferred).
+        ctx = DeferredCallContext(
             opcode=opcode,
             request_id=request_id,
             sla_class=sla_class,
@@ -748,7 +715,6 @@ class _Session:
             metadata=metadata,
             peer_address=self.connection.remote_address,
             received_at=received_at,
-            cancel_scope=None if deferred else trio.CancelScope(deadline=deadline),
             route_name=route.name,
         )
         router = self._router
@@ -768,11 +734,7 @@ class _Session:
                     opcode,
                     route.response_codec.encode(result),
                     request_id=ctx.request_id,  # a middleware may have changed it
-                    integrity=(
-                        digest is not None
-                        if ctx.metadata is metadata  # a middleware may have replaced it
-                        else ctx.metadata.payload_sha256 is not None
-                    ),
+                    integrity=ctx.metadata.payload_sha256 is not None,
                     max_frame_size=self._peer_max_frame_size,
                 )
             except LocalProtocolError as exc:

@@ -18,13 +18,13 @@ import trio.lowlevel
 import trio.testing
 
 import quicframe
-import quicframe._server
+import quicframe._deferred
 from quicframe import ClientConfig, ServerConfig
 from quicframe._deferred import (
     DEFERRAL_WORKS,
     DeferredCallContext,
     cancelled_caught,
-    run_deferred,
+    run_in_scope,
 )
 from quicframe.errors import ErrorCode
 from quicframe.session import encode_request
@@ -39,7 +39,7 @@ def test_the_trio_internals_the_deferral_needs_are_there() -> None:
 
 
 def run(handler: Callable[[Any], Awaitable[Any]], ctx: Any) -> Awaitable[Any]:
-    """What run_deferred calls: the test's handler, given the context."""
+    """What run_in_scope calls: the test's handler, given the context."""
     return handler(ctx)
 
 
@@ -52,15 +52,15 @@ def make_context(scope: trio.CancelScope) -> DeferredCallContext:
 async def run_in_task(
     handler: Callable[[DeferredCallContext], Awaitable[Any]],
 ) -> tuple[trio.CancelScope, DeferredCallContext, list[Any]]:
-    """Run ``handler`` through run_deferred in a task of its own; cancel the call's
+    """Run ``handler`` through run_in_scope in a task of its own; cancel the call's
     scope once every task is blocked; return the scope, the context and
-    [what run_deferred returned]."""
+    [what run_in_scope returned]."""
     scope = trio.CancelScope()
     ctx = make_context(scope)
     out: list[Any] = []
 
     async def call() -> None:
-        out.append(await run_deferred(ctx, run, handler, ctx))
+        out.append(await run_in_scope(ctx, run, handler, ctx))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(call)
@@ -75,12 +75,12 @@ async def test_a_handler_that_returns_at_once_never_enters_the_scope() -> None:
         return "done"
 
     scope = trio.CancelScope()
-    assert await run_deferred(make_context(scope), run, handler, None) == "done"
+    assert await run_in_scope(make_context(scope), run, handler, None) == "done"
     with scope:  # never entered, so it can still be
         pass
     # A context made without a scope never makes one for such a handler.
     lazy = DeferredCallContext(opcode=1, request_id="r", cancel_scope=None)
-    assert await run_deferred(lazy, run, handler, lazy) == "done"
+    assert await run_in_scope(lazy, run, handler, lazy) == "done"
     assert not cancelled_caught(lazy)
     assert DeferredCallContext.__mro__[1].cancel_scope.__get__(lazy) is None  # type: ignore[attr-defined]
 
@@ -171,7 +171,7 @@ async def test_the_handlers_own_timeout_still_fires_inside_the_call(
 
     scope = trio.CancelScope()
     ctx = make_context(scope)
-    assert await run_deferred(ctx, run, handler, ctx) == "timed out by itself"
+    assert await run_in_scope(ctx, run, handler, ctx) == "timed out by itself"
     assert not scope.cancelled_caught
 
 
@@ -218,7 +218,7 @@ async def test_errors_propagate_and_leave_the_task_clean() -> None:
         scope = trio.CancelScope()
         ctx = make_context(scope)
         with pytest.raises(error):
-            await run_deferred(ctx, run, handler, ctx)
+            await run_in_scope(ctx, run, handler, ctx)
         assert not scope.cancelled_caught
         assert trio.current_effective_deadline() == outside
         with trio.move_on_after(0) as after:
@@ -238,7 +238,7 @@ async def test_a_peer_cancel_reaches_a_handler_that_opened_its_own_scopes_first(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Also with the fallback a trio without the internals would get.
-    monkeypatch.setattr(quicframe._server, "DEFERRAL_WORKS", deferral)
+    monkeypatch.setattr(quicframe._deferred, "DEFERRAL_WORKS", deferral)
     started = trio.Event()
     cancelled = trio.Event()
     router = quicframe.Router()

@@ -45,8 +45,8 @@ from aioquic.h3.connection import (
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.events import StopSendingReceived, StreamDataReceived, StreamReset
 
-from .._deferred import DEFERRAL_WORKS, DeferredCallContext
-from .._router import CallContext, Route, Router
+from .._deferred import DeferredCallContext
+from .._router import Route, Router
 from .._server import run_call
 from .._util import send_with_fin
 from ..errors import (
@@ -995,10 +995,8 @@ class _H3Session:
             )
         except LocalProtocolError as exc:
             raise _Reply(400, ErrorCode.INVALID_ARGUMENT, exc.message) from None
-        # The call's cancel scope, made and entered when first needed for a call
-        # without a deadline (quicframe._deferred), as on the native protocol.
-        deferred = budget_ns is None and DEFERRAL_WORKS
-        ctx = (DeferredCallContext if deferred else CallContext)(
+        # The call's cancel scope is made when first needed (quicframe._deferred).
+        ctx = DeferredCallContext(
             opcode=route.opcode,
             request_id=request_id,
             sla_class=headers.sla_class,
@@ -1008,7 +1006,6 @@ class _H3Session:
             metadata=metadata,
             peer_address=self.connection.remote_address,
             received_at=received_at,
-            cancel_scope=None if deferred else trio.CancelScope(deadline=deadline),
             route_name=route.name,
         )
         ctx.state["protocol"] = "h3"

@@ -17,6 +17,7 @@ from ._engine import (
     RejectReceived as RejectReceived,
     WelcomeReceived as WelcomeReceived,
     choose_version as choose_version,
+    digest_matches as digest_matches,
     encode_error as encode_error,
     encode_request as encode_request,
     encode_response as encode_response,

@@ -59,6 +59,7 @@ __all__ = [
     "encode_request",
     "encode_response",
     "error_from_frame",
+    "digest_matches",
     "payload_matches",
     "request_frame_untrusted",
     "reply_frame_untrusted",
@@ -436,8 +437,13 @@ def request_frame_untrusted(frame: Frame) -> Frame:
 
 def payload_matches(frame: Frame) -> bool:
     """False when the frame carries a PAYLOAD_SHA256 that its body does not match."""
-    digest = frame.metadata.payload_sha256
-    return digest is None or hashlib.sha256(frame.body).digest() == digest
+    return digest_matches(frame.body, frame.metadata.payload_sha256)
+
+
+def digest_matches(body: bytes | memoryview, digest: bytes | None) -> bool:
+    """False when ``digest`` (a PAYLOAD_SHA256 value, None for none) does not
+    match ``body``."""
+    return digest is None or hashlib.sha256(body).digest() == digest
 
 
 def _reply_metadata(request_id: str | None, body: bytes | None) -> Metadata:
