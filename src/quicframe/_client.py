@@ -39,6 +39,7 @@ import trio
 from ._config import ClientConfig
 from ._policy import ReconnectPolicy
 from ._util import (
+    open_stream_now_or_later,
     read_one_frame,
     send_with_fin,
     unwrap_single_exception,
@@ -83,14 +84,7 @@ from .transport import (
     Stream,
     connect as transport_connect,
 )
-from .wire import (
-    DEFAULT_MAX_FRAME_SIZE,
-    Frame,
-    FrameType,
-    MsgpackCodec,
-    check_max_frame_size,
-    decode_frame,
-)
+from .wire import DEFAULT_MAX_FRAME_SIZE, Frame, FrameType, MsgpackCodec, check_max_frame_size
 
 if TYPE_CHECKING:
     from ._subscription import Subscription
@@ -404,15 +398,9 @@ class Client:
             CANCELLED: the server cancels the handler's scope as soon as that
             arrives (about one network round trip).
         """
-        request_id = request_id or f"{self._id_prefix}-{next(self._id_counter)}"
-        if not self._interceptors:
-            # No interceptor to show a context to: straight to the wire.
-            return await self._send(
-                opcode, request, request_id, sla_class, integrity, trace_context, response
-            )
         ctx = ClientCallContext(
             opcode=opcode,
-            request_id=request_id,
+            request_id=request_id or f"{self._id_prefix}-{next(self._id_counter)}",
             sla_class=sla_class,
             integrity=integrity,
             trace_context=trace_context,
@@ -466,33 +454,12 @@ class Client:
                 return early
             await self._link_lot.park()
 
-    def _send_call(self, ctx: ClientCallContext, request: Any) -> Awaitable[Any]:
-        """The innermost step of the interceptor pipeline."""
-        return self._send(
-            ctx.opcode,
-            request,
-            ctx.request_id,
-            ctx.sla_class,
-            ctx.integrity,
-            ctx.trace_context,
-            ctx.response_type,
-        )
-
-    async def _send(
-        self,
-        opcode: int,
-        request: Any,
-        request_id: str,
-        sla_class: int | None,
-        integrity: bool,
-        trace_context: str | None,
-        response_type: type[Any] | None,
-    ) -> Any:
+    async def _send_call(self, ctx: ClientCallContext, request: Any) -> Any:
         body = self._codec(type(request)).encode(request)
         while True:
             link = self._current
             if link.unusable.is_set():
-                link = await self._usable_link(opcode)
+                link = await self._usable_link(ctx.opcode)
             if link.goaway is not None:
                 await trio.lowlevel.checkpoint()
                 self._fail(ErrorCode.UNAVAILABLE)
@@ -500,12 +467,9 @@ class Client:
                     f"the server is going away: {link.goaway.reason}", operation="call"
                 )
             try:
-                # Without its scheduling round when the peer allows a stream now:
-                # the wait for the reply is this call's checkpoint.
-                try:
-                    stream = link.connection.open_stream_nowait(urgency=sla_urgency(sla_class))
-                except trio.WouldBlock:
-                    stream = await link.connection.open_stream(urgency=sla_urgency(sla_class))
+                stream = await open_stream_now_or_later(
+                    link.connection, urgency=sla_urgency(ctx.sla_class)
+                )
             except ConnectionClosed:
                 link.retire()
                 if self._policy is not None:
@@ -515,95 +479,7 @@ class Client:
             if link.early:
                 self._early_calls += 1
             try:
-                deadline = trio.current_effective_deadline()
-                budget = None
-                if deadline != math.inf:
-                    budget = max(0, round((deadline - trio.current_time()) * 1e9))
-                self._in_flight += 1
-                code: int = ErrorCode.CANCELLED  # what the stream is reset with unless we finish
-                reply: Frame | None = None
-                try:
-                    frame = encode_request(
-                        opcode,
-                        body,
-                        request_id=request_id,
-                        deadline_budget_ns=budget,
-                        sla_class=sla_class,
-                        integrity=integrity,
-                        trace_context=trace_context,
-                        max_frame_size=link.peer_max_frame_size,
-                    )
-                    # send_with_fin and read_one_frame, inlined for the common case (the
-                    # request fits under the high-water mark, the reply comes in one piece
-                    # with its FIN): a call is mostly this path, run once per round trip.
-                    try:
-                        stream.send_nowait(frame, eof=True)
-                    except trio.WouldBlock:
-                        await send_with_fin(stream, frame)
-                    data = await stream.receive_some()
-                    if data and stream.receive_finished:
-                        answer = decode_frame(data, max_frame_size=self._max_frame_size)
-                    else:
-                        answer = await read_one_frame(stream, self._max_frame_size, data)
-                    reply = reply_frame_untrusted(answer, opcode)
-                    code = ErrorCode.NO_ERROR
-                except RemoteProtocolError as exc:
-                    code = exc.code
-                    self._fail(code)
-                    raise
-                except trio.BrokenResourceError as exc:
-                    # StreamResetByPeer: the server reset the call stream.
-                    code = ErrorCode.NO_ERROR
-                    self._fail(getattr(exc, "code", ErrorCode.UNKNOWN))
-                    raise _reset_error(exc, opcode) from exc
-                except trio.ClosedResourceError as exc:
-                    # This side closed the connection: the client is leaving, or the session
-                    # handshake of a new connection failed (REJECT, no WELCOME) while early
-                    # calls ran on it.
-                    code = ErrorCode.NO_ERROR
-                    self._fail(ErrorCode.CONNECTION_LOST)
-                    if self._closed:
-                        raise
-                    raise ConnectionLost(
-                        "the connection was closed during the call",
-                        code=ErrorCode.CONNECTION_LOST,
-                        operation=f"opcode 0x{opcode:04x}",
-                    ) from exc
-                except ConnectionClosed as exc:
-                    code = ErrorCode.NO_ERROR
-                    self._fail(ErrorCode.CONNECTION_LOST)
-                    raise ConnectionLost(
-                        f"the connection closed during the call: {exc}",
-                        code=ErrorCode.CONNECTION_LOST,
-                        reason=exc.reason,
-                        by_peer=exc.by_peer,
-                        operation=f"opcode 0x{opcode:04x}",
-                    ) from exc
-                except BaseException:
-                    self._fail(ErrorCode.CANCELLED)
-                    raise
-                finally:
-                    self._in_flight -= 1
-                    if code != ErrorCode.NO_ERROR:
-                        stream.reset(code)
-                        stream.stop_sending(code)
-                    if reply is None:
-                        with trio.CancelScope(shield=True):
-                            await stream.aclose()
-                    # else: FIN sent and the reply read to its FIN: the stream is already done.
-                if reply.metadata.payload_sha256 is not None and not payload_matches(reply):
-                    self._fail(ErrorCode.INTEGRITY_MISMATCH)
-                    raise IntegrityError(
-                        "the response body does not match its PAYLOAD_SHA256",
-                        operation=f"opcode 0x{opcode:04x}",
-                    )
-                if reply.type == FrameType.ERROR:
-                    error = error_from_frame(reply)
-                    self._fail(error.code)
-                    raise error
-                value = self._codec(response_type).decode(reply.body)
-                self._completed += 1
-                return value
+                return await self._call_on(link, stream, ctx, body)
             except Unavailable as exc:
                 # The call raced the server's GOAWAY and was not run: with a
                 # reconnect policy, send it on the next connection.
@@ -613,15 +489,99 @@ class Client:
                 self._retries += 1
             except ConnectionLost:
                 link.retire()
-                if self._policy is None or opcode not in self._idempotent:
+                if self._policy is None or ctx.opcode not in self._idempotent:
                     raise
                 self._retries += 1
                 logger.info(
                     "call %s (opcode 0x%04x) lost with its connection; retrying",
-                    request_id,
-                    opcode,
-                    extra={"request_id": request_id, "opcode": opcode},
+                    ctx.request_id,
+                    ctx.opcode,
+                    extra={"request_id": ctx.request_id, "opcode": ctx.opcode},
                 )
+
+    async def _call_on(
+        self, link: _Link, stream: Stream, ctx: ClientCallContext, body: bytes
+    ) -> Any:
+        opcode = ctx.opcode
+        deadline = trio.current_effective_deadline()
+        budget = None
+        if deadline != math.inf:
+            budget = max(0, round((deadline - trio.current_time()) * 1e9))
+        self._in_flight += 1
+        code: int = ErrorCode.CANCELLED  # what the stream is reset with unless we finish
+        reply: Frame | None = None
+        try:
+            frame = encode_request(
+                opcode,
+                body,
+                request_id=ctx.request_id,
+                deadline_budget_ns=budget,
+                sla_class=ctx.sla_class,
+                integrity=ctx.integrity,
+                trace_context=ctx.trace_context,
+                max_frame_size=link.peer_max_frame_size,
+            )
+            await send_with_fin(stream, frame)
+            answer = await read_one_frame(stream, self._max_frame_size)
+            reply = reply_frame_untrusted(answer, opcode)
+            code = ErrorCode.NO_ERROR
+        except RemoteProtocolError as exc:
+            code = exc.code
+            self._fail(code)
+            raise
+        except trio.BrokenResourceError as exc:
+            # StreamResetByPeer: the server reset the call stream.
+            code = ErrorCode.NO_ERROR
+            self._fail(getattr(exc, "code", ErrorCode.UNKNOWN))
+            raise _reset_error(exc, opcode) from exc
+        except trio.ClosedResourceError as exc:
+            # This side closed the connection: the client is leaving, or the session
+            # handshake of a new connection failed (REJECT, no WELCOME) while early
+            # calls ran on it.
+            code = ErrorCode.NO_ERROR
+            self._fail(ErrorCode.CONNECTION_LOST)
+            if self._closed:
+                raise
+            raise ConnectionLost(
+                "the connection was closed during the call",
+                code=ErrorCode.CONNECTION_LOST,
+                operation=f"opcode 0x{opcode:04x}",
+            ) from exc
+        except ConnectionClosed as exc:
+            code = ErrorCode.NO_ERROR
+            self._fail(ErrorCode.CONNECTION_LOST)
+            raise ConnectionLost(
+                f"the connection closed during the call: {exc}",
+                code=ErrorCode.CONNECTION_LOST,
+                reason=exc.reason,
+                by_peer=exc.by_peer,
+                operation=f"opcode 0x{opcode:04x}",
+            ) from exc
+        except BaseException:
+            self._fail(ErrorCode.CANCELLED)
+            raise
+        finally:
+            self._in_flight -= 1
+            if code != ErrorCode.NO_ERROR:
+                stream.reset(code)
+                stream.stop_sending(code)
+            if reply is None:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+            # else: FIN sent and the reply read to its FIN: the stream is already done.
+        if reply.metadata.payload_sha256 is not None and not payload_matches(reply):
+            self._fail(ErrorCode.INTEGRITY_MISMATCH)
+            raise IntegrityError(
+                "the response body does not match its PAYLOAD_SHA256",
+                operation=f"opcode 0x{opcode:04x}",
+            )
+        if reply.type == FrameType.ERROR:
+            error = error_from_frame(reply)
+            self._fail(error.code)
+            raise error
+        value = self._codec(ctx.response_type).decode(reply.body)
+        self._completed += 1
+        return value
 
     # -- market data ----------------------------------------------------------
 

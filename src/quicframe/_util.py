@@ -12,10 +12,11 @@ from .session import OneFrameReader
 from .wire import decode_frame
 
 if TYPE_CHECKING:
-    from .transport import Stream
+    from .transport import Connection, Stream
     from .wire import Frame
 
 __all__ = [
+    "open_stream_now_or_later",
     "read_one_frame",
     "receive_now_or_later",
     "send_with_fin",
@@ -59,6 +60,18 @@ async def receive_now_or_later(stream: Stream) -> bytes:
         return stream.receive_nowait()
     except trio.WouldBlock:
         return await stream.receive_some()
+
+
+async def open_stream_now_or_later(connection: Connection, *, urgency: int) -> Stream:
+    """``open_stream``, without its scheduling round when the peer allows a stream.
+
+    For a caller about to write a request and wait for the reply: that wait is
+    its checkpoint.
+    """
+    try:
+        return connection.open_stream_nowait(urgency=urgency)
+    except trio.WouldBlock:
+        return await connection.open_stream(urgency=urgency)
 
 
 async def send_with_fin(stream: Stream, data: bytes) -> None:
