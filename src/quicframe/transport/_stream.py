@@ -157,6 +157,12 @@ class Stream(trio.abc.HalfCloseableStream):
             lot = self._send_lot = trio.lowlevel.ParkingLot()
         return lot
 
+    def _receive_parking(self) -> trio.lowlevel.ParkingLot:
+        lot = self._receive_lot
+        if lot is None:
+            lot = self._receive_lot = trio.lowlevel.ParkingLot()
+        return lot
+
     def _send_buffered(self) -> int:
         return len(self._send_pending) + self._connection._core.send_buffered(self._stream_id)
 
@@ -411,10 +417,7 @@ class Stream(trio.abc.HalfCloseableStream):
             while not self._readable_now():
                 self._connection._raise_if_closed()
                 self._reader_task = trio.lowlevel.current_task()
-                lot = self._receive_lot
-                if lot is None:
-                    lot = self._receive_lot = trio.lowlevel.ParkingLot()
-                await lot.park()
+                await self._receive_parking().park()
                 parked = True
             data = self._take_now(max_bytes)
             if not parked:
